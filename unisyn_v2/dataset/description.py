@@ -1,0 +1,214 @@
+"""The dataset.json schema: cases, each with its own set of images, modalities and metadata.
+
+Unlike nnU-Net's fixed channel list, every case names its images, so subjects may differ in which
+modalities they have. Loading validates types and collects every problem (case, file, field) before
+raising, so a user fixes a broken dataset in one pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unisyn_v2.io_utils import confined_path, read_json
+from unisyn_v2.metadata.bids import read_sidecar
+from unisyn_v2.metadata.fields import ImageMetadata, MetadataError, SubjectMetadata
+from unisyn_v2.metadata.modalities import UnknownModalityError, get_modality
+from unisyn_v2.metadata.prompts import ImageDescription
+
+logger = logging.getLogger(__name__)
+
+DATASET_JSON = "dataset.json"
+_TOP_KEYS = {"name", "description", "reference", "licence", "license", "cases", "release"}
+_CASE_KEYS = {"id", "subject", "images", "brain_mask"}
+_IMAGE_KEYS = {"file", "modality", "metadata"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset, located as precisely as possible."""
+
+    message: str
+    case: str | None = None
+    file: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = ", ".join(f"{k} {v}" for k, v in (("case", self.case), ("file", self.file), ("field", self.field)) if v)
+        return f"[{where}] {self.message}" if where else self.message
+
+
+class DatasetError(ValueError):
+    """A dataset failed validation; ``problems`` lists everything found."""
+
+    def __init__(self, source: Path, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image of a case: file (relative to the dataset folder), modality and metadata."""
+
+    file: str
+    modality: str
+    metadata: ImageMetadata = field(default_factory=ImageMetadata)
+
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """One subject: its images (each a different modality) and subject metadata."""
+
+    case_id: str
+    images: tuple[ImageEntry, ...]
+    subject: SubjectMetadata = field(default_factory=SubjectMetadata)
+    brain_mask: str | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities of the case in file order."""
+        return [image.modality for image in self.images]
+
+    def describe(self, image: ImageEntry) -> ImageDescription:
+        """Modality, metadata and subject of one image (what its prompt says)."""
+        return ImageDescription(image.modality, image.metadata, self.subject)
+
+
+@dataclass(frozen=True)
+class DatasetDescription:
+    """A parsed dataset.json and the folder it belongs to."""
+
+    root: Path
+    name: str
+    cases: tuple[CaseEntry, ...]
+    description: str = ""
+
+    def case(self, case_id: str) -> CaseEntry:
+        """Look a case up by id."""
+        for case in self.cases:
+            if case.case_id == case_id:
+                return case
+        raise KeyError(f"{self.root / DATASET_JSON}: no case {case_id!r}")
+
+    def path_of(self, relative: str) -> Path:
+        """Absolute path of a dataset file, confined to the dataset folder."""
+        return confined_path(self.root, relative)
+
+    @property
+    def modalities(self) -> list[str]:
+        """Every modality present, in first-seen order."""
+        seen: dict[str, None] = {}
+        for case in self.cases:
+            for image in case.images:
+                seen.setdefault(image.modality, None)
+        return list(seen)
+
+
+def load_dataset_description(root: Path, read_sidecars: bool = True) -> DatasetDescription:
+    """Parse ``root/dataset.json``; raises :class:`DatasetError` listing every schema problem."""
+    root = Path(root)
+    source = root / DATASET_JSON
+    if not source.is_file():
+        raise DatasetError(source, [Problem(f"missing {DATASET_JSON}; see the README for the raw dataset format")])
+    try:
+        data = read_json(source)
+    except ValueError as error:
+        raise DatasetError(source, [Problem(str(error))]) from None
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        raise DatasetError(source, [Problem("the top level must be a JSON object")])
+    for key in sorted(set(data) - _TOP_KEYS):
+        problems.append(Problem(f"unknown top-level key (known: {', '.join(sorted(_TOP_KEYS))})", field=key))
+    raw_cases = data.get("cases")
+    if not isinstance(raw_cases, list) or not raw_cases:
+        problems.append(Problem("'cases' must be a non-empty list of case objects", field="cases"))
+        raw_cases = []
+    cases: list[CaseEntry] = []
+    seen_ids: set[str] = set()
+    for index, raw_case in enumerate(raw_cases):
+        case = _parse_case(root, raw_case, index, problems, read_sidecars)
+        if case is None:
+            continue
+        if case.case_id in seen_ids:
+            problems.append(Problem("duplicated case id", case=case.case_id, field="id"))
+            continue
+        seen_ids.add(case.case_id)
+        cases.append(case)
+    if problems:
+        raise DatasetError(source, problems)
+    return DatasetDescription(root, str(data.get("name", root.name)), tuple(cases), str(data.get("description", "")))
+
+
+def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], read_sidecars: bool) -> CaseEntry | None:
+    label = f"#{index}"
+    if not isinstance(raw, dict):
+        problems.append(Problem("each case must be a JSON object", case=label))
+        return None
+    case_id = raw.get("id")
+    if not isinstance(case_id, str) or not case_id.strip() or "/" in case_id:
+        problems.append(Problem(f"'id' must be a non-empty string without '/' (got {case_id!r})", case=label, field="id"))
+        return None
+    for key in sorted(set(raw) - _CASE_KEYS):
+        problems.append(Problem(f"unknown case key (known: {', '.join(sorted(_CASE_KEYS))})", case=case_id, field=key))
+    try:
+        subject = SubjectMetadata.from_dict(raw.get("subject") or {}, where="subject")
+    except MetadataError as error:
+        problems.append(Problem(str(error), case=case_id, field="subject"))
+        subject = SubjectMetadata()
+    brain_mask = raw.get("brain_mask")
+    if brain_mask is not None and not _check_relative(root, brain_mask, case_id, "brain_mask", problems):
+        brain_mask = None
+    images: list[ImageEntry] = []
+    raw_images = raw.get("images")
+    if not isinstance(raw_images, list):
+        problems.append(Problem("'images' must be a list", case=case_id, field="images"))
+        raw_images = []
+    for raw_image in raw_images:
+        image = _parse_image(root, raw_image, case_id, problems, read_sidecars)
+        if image is not None:
+            images.append(image)
+    modalities = [image.modality for image in images]
+    for modality in sorted({m for m in modalities if modalities.count(m) > 1}):
+        problems.append(Problem(f"modality {modality} appears more than once in one case", case=case_id, field="images"))
+    return CaseEntry(case_id, tuple(images), subject, brain_mask)
+
+
+def _parse_image(root: Path, raw: Any, case_id: str, problems: list[Problem], read_sidecars: bool) -> ImageEntry | None:
+    if not isinstance(raw, dict):
+        problems.append(Problem("each image must be a JSON object with file, modality, metadata", case=case_id, field="images"))
+        return None
+    file = raw.get("file")
+    if not isinstance(file, str) or not _check_relative(root, file, case_id, "file", problems):
+        if not isinstance(file, str):
+            problems.append(Problem(f"'file' must be a string (got {file!r})", case=case_id, field="file"))
+        return None
+    for key in sorted(set(raw) - _IMAGE_KEYS):
+        problems.append(Problem(f"unknown image key (known: {', '.join(sorted(_IMAGE_KEYS))})", case=case_id, file=file, field=key))
+    try:
+        modality = get_modality(raw.get("modality", "")).name
+    except UnknownModalityError as error:
+        problems.append(Problem(str(error), case=case_id, file=file, field="modality"))
+        return None
+    try:
+        metadata = ImageMetadata.from_dict(raw.get("metadata") or {}, where="metadata")
+        if read_sidecars:
+            sidecar = read_sidecar(root / file)
+            if sidecar is not None:
+                metadata = metadata.merged_with(sidecar)
+    except MetadataError as error:
+        problems.append(Problem(str(error), case=case_id, file=file, field="metadata"))
+        metadata = ImageMetadata()
+    return ImageEntry(file, modality, metadata)
+
+
+def _check_relative(root: Path, relative: str, case_id: str, field_name: str, problems: list[Problem]) -> bool:
+    try:
+        confined_path(root, relative)
+    except ValueError as error:
+        problems.append(Problem(str(error), case=case_id, file=relative, field=field_name))
+        return False
+    return True

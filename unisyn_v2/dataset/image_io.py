@@ -1,0 +1,153 @@
+"""Image reading and writing that keeps the full geometry (spacing, origin, direction).
+
+Arrays are (z, y, x) as SimpleITK returns them; :class:`Geometry` keeps SimpleITK's (x, y, z) order so
+that an output written with the input's geometry matches it exactly, oblique directions included.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+READABLE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
+class ImageReadError(ValueError):
+    """An image file cannot be used (unreadable, not 3D, ...)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid of an image: shape (z, y, x); spacing, origin (x, y, z); direction row-major 3x3."""
+
+    shape_zyx: tuple[int, int, int]
+    spacing_xyz: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in array order."""
+        return (self.spacing_xyz[2], self.spacing_xyz[1], self.spacing_xyz[0])
+
+    def matches(self, other: "Geometry", spacing_tol: float = 1e-3, origin_tol: float = 1e-2, direction_tol: float = 1e-3) -> bool:
+        """Same grid within tolerances (float32 headers round-trip only approximately)."""
+        return self.mismatch(other, spacing_tol, origin_tol, direction_tol) is None
+
+    def mismatch(self, other: "Geometry", spacing_tol: float = 1e-3, origin_tol: float = 1e-2, direction_tol: float = 1e-3) -> str | None:
+        """A description of the first difference, or None."""
+        if self.shape_zyx != other.shape_zyx:
+            return f"shape {self.shape_zyx} vs {other.shape_zyx}"
+        if not np.allclose(self.spacing_xyz, other.spacing_xyz, rtol=0, atol=spacing_tol * max(self.spacing_xyz)):
+            return f"spacing {self.spacing_xyz} vs {other.spacing_xyz}"
+        if not np.allclose(self.origin_xyz, other.origin_xyz, rtol=0, atol=origin_tol * max(1.0, max(self.spacing_xyz))):
+            return f"origin {self.origin_xyz} vs {other.origin_xyz}"
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=direction_tol):
+            return f"direction {self.direction} vs {other.direction}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "shape_zyx": list(self.shape_zyx),
+            "spacing_xyz": list(self.spacing_xyz),
+            "origin_xyz": list(self.origin_xyz),
+            "direction": list(self.direction),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Geometry":
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            tuple(int(v) for v in data["shape_zyx"]),  # type: ignore[arg-type]
+            tuple(float(v) for v in data["spacing_xyz"]),  # type: ignore[arg-type]
+            tuple(float(v) for v in data["origin_xyz"]),  # type: ignore[arg-type]
+            tuple(float(v) for v in data["direction"]),
+        )
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        """Geometry of a SimpleITK image."""
+        size = image.GetSize()
+        return cls(
+            (int(size[2]), int(size[1]), int(size[0])),
+            tuple(float(v) for v in image.GetSpacing()),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.GetDirection()),
+        )
+
+
+def read_geometry(path: Path) -> Geometry:
+    """Read only the header of an image."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ImageReadError(f"{path}: cannot read the image header ({_first_line(error)})") from None
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise ImageReadError(
+            f"{path}: must be a 3D single-channel image (got {reader.GetDimension()}D with "
+            f"{reader.GetNumberOfComponents()} component(s)); split 4D series into 3D volumes"
+        )
+    size = reader.GetSize()
+    return Geometry(
+        (int(size[2]), int(size[1]), int(size[0])),
+        tuple(float(v) for v in reader.GetSpacing()),  # type: ignore[arg-type]
+        tuple(float(v) for v in reader.GetOrigin()),  # type: ignore[arg-type]
+        tuple(float(v) for v in reader.GetDirection()),
+    )
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D image as float32 (z, y, x) with its geometry; scl_slope/inter are applied by the reader."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise ImageReadError(f"{path}: cannot read the image ({_first_line(error)}); is the file complete?") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            f"{path}: must be a 3D single-channel image (got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s)); split 4D series into 3D volumes"
+        )
+    array = sitk.GetArrayFromImage(image)
+    # Cast in float64 first so large integer types do not overflow or lose sign on the way.
+    return np.asarray(array, dtype=np.float64).astype(np.float32), Geometry.of(image)
+
+
+def write_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type = np.float32) -> Path:
+    """Write an array with the given geometry atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    array = np.asarray(array)
+    if tuple(array.shape) != tuple(geometry.shape_zyx):
+        raise ValueError(f"{path}: array shape {array.shape} does not match the geometry {geometry.shape_zyx}")
+    image = sitk.GetImageFromArray(array.astype(dtype, copy=False))
+    image.SetSpacing(geometry.spacing_xyz)
+    image.SetOrigin(geometry.origin_xyz)
+    image.SetDirection(geometry.direction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ending = next((e for e in READABLE_ENDINGS if path.name.endswith(e)), path.suffix)
+    handle, temp = tempfile.mkstemp(prefix=".tmp_", suffix=ending, dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, temp, useCompression=True)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "ERROR" in line.upper() or "exception" in line.lower():
+            continue
+        return line[:200]
+    return lines[-1][:200] if lines else type(error).__name__

@@ -1,0 +1,217 @@
+"""The plans file: every decision planning made, as frozen dataclasses validated on load.
+
+A trainer and a predictor read nothing else to rebuild the data pipeline and the network; the file
+is copied into every model folder. Loading checks every field and names the file and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from unisyn_v2.io_utils import read_json, write_json_atomic
+
+PLANS_FORMAT_VERSION = 1
+CONFIGURATION_NAMES = ("2.5d", "3d")
+
+
+class PlansError(ValueError):
+    """A plans file is missing a field, has a wrong type, or comes from a newer version."""
+
+
+@dataclass(frozen=True)
+class NormalizationPlan:
+    """Normalisation scheme of one modality and the constants it needs (see preprocessing.normalization)."""
+
+    scheme: str
+    kwargs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    """One way to cut and feed the data: ``2.5d`` (k slices as channels) or ``3d`` patches."""
+
+    name: str
+    data_identifier: str
+    patch_size: tuple[int, int, int]  # (z, y, x); for 2.5d z is the slab depth k
+    batch_size: int
+    spacing_zyx: tuple[float, float, float]
+    median_shape_zyx: tuple[int, int, int]
+    network_kwargs: dict[str, Any]  # shared by GFM / cross-attention / one-hot variants
+    unet_kwargs: dict[str, Any]  # the plain regression U-Net baseline
+    estimated_memory_gb: float
+
+    @property
+    def is_slab(self) -> bool:
+        """True for the 2.5D configuration."""
+        return self.name == "2.5d"
+
+
+@dataclass(frozen=True)
+class TextEncoderPlan:
+    """Sizes of NeuroCLIP's text transformer (the GFM loads it frozen)."""
+
+    context_length: int = 224
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    embed_dim: int = 64
+
+
+@dataclass(frozen=True)
+class NeuroCLIPPlan:
+    """Stage 1: whole-brain image side and schedule of the contrastive pre-training."""
+
+    image_size: tuple[int, int, int] = (48, 48, 48)  # after downsampling by 2, cropped/padded
+    downsample: int = 2
+    image_widths: tuple[int, ...] = (16, 32, 64)
+    num_epochs: int = 20
+    iterations_per_epoch: int = 20
+    initial_lr: float = 1e-3
+    max_batch_classes: int = 32
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Stage 2 schedule: the paper's Adam, lr 1e-4 halved every third of training, lambdas 0.1 / 1.0."""
+
+    num_epochs: int = 300
+    iterations_per_epoch: int = 250
+    validation_iterations: int = 20
+    initial_lr: float = 1e-4
+    lr_halving_every_fraction: float = 1.0 / 3.0
+    lambda_feature: float = 0.1
+    lambda_synthesis: float = 1.0
+    grad_clip: float = 12.0
+    foreground_fraction_min: float = 0.25  # patches with less brain than this are under-sampled
+
+
+@dataclass(frozen=True)
+class Plans:
+    """Everything planning decided for one dataset."""
+
+    plans_name: str
+    dataset_name: str
+    planner: str
+    preset: str
+    modalities: tuple[str, ...]
+    normalization: dict[str, NormalizationPlan]
+    target_spacing_zyx: tuple[float, float, float]
+    resampling: dict[str, Any]
+    default_configuration: str
+    configurations: dict[str, ConfigurationPlan]
+    text_encoder: TextEncoderPlan
+    neuroclip: NeuroCLIPPlan
+    training: TrainingPlan
+    gpu_memory_gb: float | None
+    format_version: int = PLANS_FORMAT_VERSION
+    planner_version: str = "1"
+
+    def configuration(self, name: str | None = None) -> ConfigurationPlan:
+        """A configuration by name (default: the plans' default)."""
+        key = name or self.default_configuration
+        if key not in self.configurations:
+            raise PlansError(f"plans {self.plans_name}: no configuration {key!r}; available: {', '.join(self.configurations)}")
+        return self.configurations[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with a stable key order."""
+        return _jsonify(asdict(self))
+
+    def save(self, path: Path) -> Path:
+        """Write atomically."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> "Plans":
+        """Read and validate a plans file."""
+        return cls.from_dict(read_json(path), source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "plans") -> "Plans":
+        """Validate and build; errors name the source and the field."""
+        if not isinstance(data, dict):
+            raise PlansError(f"{source}: must be a JSON object")
+        version = data.get("format_version", PLANS_FORMAT_VERSION)
+        if not isinstance(version, int) or version > PLANS_FORMAT_VERSION:
+            raise PlansError(
+                f"{source}: format_version {version!r} is newer than this unisyn_v2 understands "
+                f"({PLANS_FORMAT_VERSION}); upgrade unisyn_v2 or re-plan the dataset"
+            )
+        values = _build(cls, data, source, nested={
+            "normalization": lambda v, w: {k: _build(NormalizationPlan, x, f"{w}.{k}") for k, x in _mapping(v, w).items()},
+            "configurations": lambda v, w: {k: _build(ConfigurationPlan, x, f"{w}.{k}") for k, x in _mapping(v, w).items()},
+            "text_encoder": lambda v, w: _build(TextEncoderPlan, v, w),
+            "neuroclip": lambda v, w: _build(NeuroCLIPPlan, v, w),
+            "training": lambda v, w: _build(TrainingPlan, v, w),
+        })
+        plans = cls(**values)
+        if plans.default_configuration not in plans.configurations:
+            raise PlansError(f"{source}.default_configuration: {plans.default_configuration!r} is not among the configurations")
+        return plans
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PlansError(f"{where}: must be a JSON object")
+    return value
+
+
+def _build(cls: type, data: Any, where: str, nested: dict[str, Any] | None = None) -> Any:
+    data = _mapping(data, where)
+    nested = nested or {}
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise PlansError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        if name not in data:
+            if spec.default is MISSING and spec.default_factory is MISSING:
+                raise PlansError(f"{where}.{name}: required field is missing")
+            continue
+        value = data[name]
+        if name in nested:
+            values[name] = nested[name](value, f"{where}.{name}")
+        else:
+            values[name] = _coerce(value, str(spec.type), f"{where}.{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, type_text: str, where: str) -> Any:
+    if value is None:
+        if "None" in type_text:
+            return None
+        raise PlansError(f"{where}: must not be null")
+    if type_text.startswith("tuple"):
+        if not isinstance(value, list):
+            raise PlansError(f"{where}: must be a list (got {value!r})")
+        kind = int if "int" in type_text else float if "float" in type_text else str
+        try:
+            return tuple(kind(v) for v in value)
+        except (TypeError, ValueError):
+            raise PlansError(f"{where}: entries must be {kind.__name__} (got {value!r})") from None
+    if type_text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PlansError(f"{where}: must be an integer (got {value!r})")
+        return value
+    if type_text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PlansError(f"{where}: must be a number (got {value!r})")
+        return float(value)
+    if type_text.startswith("str"):
+        if not isinstance(value, str):
+            raise PlansError(f"{where}: must be a string (got {value!r})")
+        return value
+    if type_text.startswith("dict") and not isinstance(value, dict):
+        raise PlansError(f"{where}: must be a JSON object (got {value!r})")
+    return value
+
+
+def _jsonify(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonify(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonify(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Modality vocabulary, typed acquisition metadata, structured text prompts and BIDS sidecars."""

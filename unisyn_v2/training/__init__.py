@@ -1,0 +1,1 @@
+"""unisyn_v2.training."""
