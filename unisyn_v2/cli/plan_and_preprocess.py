@@ -1,4 +1,4 @@
-"""``unisyn_plan_and_preprocess`` and its single steps: thin parsers over the Python API."""
+"""``unisyn_plan_and_preprocess`` and its single steps: thin parsers over :mod:`experiment_planning.api`."""
 
 from __future__ import annotations
 
@@ -6,28 +6,127 @@ import argparse
 import sys
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
-from unisyn_v2.dataset.ids import resolve_dataset_name
-from unisyn_v2.dataset.integrity import verify_dataset_integrity
-from unisyn_v2.paths import raw_dir
+from unisyn_v2.dataset.description import DatasetError
+from unisyn_v2.experiment_planning import api
+from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME
 
 
-def _verify(dataset: str) -> int:
-    name = resolve_dataset_name(dataset)
-    root = raw_dir() / name
-    problems = verify_dataset_integrity(root)
-    if problems:
-        print(f"{root}: {len(problems)} problem(s) found:", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return 1
-    print(f"{root}: dataset is valid")
+def _dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-d", "--dataset", required=True, help="dataset id (1, 001) or name (Dataset001_Name)")
+
+
+def _fingerprint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verify_dataset_integrity", action="store_true", help="check every file before fingerprinting")
+    parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if the raw data is unchanged")
+
+
+def _plan_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-pl", "--planner", default="auto",
+                        help="preset (auto, cpu, small, medium, large, paper) or 'package.module:function' (default auto)")
+    parser.add_argument("--gpu_memory_gb", type=float, default=None, help="memory budget; default: free memory of the GPU, CPU preset without one")
+    parser.add_argument("--overwrite_target_spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None)
+    parser.add_argument("-c", "--configurations", nargs="+", default=["2.5d", "3d"], choices=["2.5d", "3d"])
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", "--plans_name", default=DEFAULT_PLANS_NAME)
+    parser.add_argument("-np", "--num_processes", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--no_pbar", action="store_true", help="no progress bars")
+    add_common_arguments(parser)
+
+
+def _report_dataset_error(error: DatasetError) -> int:
+    print(f"{error.source}: {len(error.problems)} problem(s) found; nothing was written:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
+def _guarded(body):  # noqa: ANN001, ANN202 - a tiny decorator for the CLI bodies
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return body(args)
+        except DatasetError as error:
+            return _report_dataset_error(error)
+    return wrapper
+
+
+@_guarded
+def _plan_and_preprocess(args: argparse.Namespace) -> int:
+    plans = api.plan_and_preprocess(
+        args.dataset, args.planner, args.gpu_memory_gb, args.num_processes, args.clean, args.verify_dataset_integrity,
+        not args.no_pp, args.plans_name, args.overwrite_target_spacing, args.configurations, not args.no_pbar,
+    )
+    name, _raw, pre = api.dataset_folders(args.dataset)
+    print(f"{name}: plans '{plans.plans_name}' (preset {plans.preset}) in {pre}")
+    for config in plans.configurations.values():
+        print(f"  {config.name}: patch {list(config.patch_size)}, batch {config.batch_size}, ~{config.estimated_memory_gb} GiB")
+    return 0
+
+
+def plan_and_preprocess_main(argv: list[str] | None = None) -> int:
+    """``unisyn_plan_and_preprocess -d 1``: verify, fingerprint, plan and preprocess."""
+    parser = argparse.ArgumentParser(description="Fingerprint, plan and preprocess a raw dataset.")
+    _dataset(parser)
+    _fingerprint_options(parser)
+    _plan_options(parser)
+    parser.add_argument("--no_pp", action="store_true", help="stop after planning")
+    _common(parser)
+    return run_cli(_plan_and_preprocess, parser.parse_args(argv))
+
+
+@_guarded
+def _fingerprint(args: argparse.Namespace) -> int:
+    api.fingerprint_dataset(args.dataset, args.num_processes, args.clean, args.verify_dataset_integrity, not args.no_pbar)
+    return 0
+
+
+def extract_fingerprint_main(argv: list[str] | None = None) -> int:
+    """``unisyn_extract_fingerprint -d 1``."""
+    parser = argparse.ArgumentParser(description="Verify and fingerprint a raw dataset.")
+    _dataset(parser)
+    _fingerprint_options(parser)
+    _common(parser)
+    return run_cli(_fingerprint, parser.parse_args(argv))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    api.plan_dataset(args.dataset, args.planner, args.gpu_memory_gb, args.plans_name, args.overwrite_target_spacing, args.configurations)
+    return 0
+
+
+def plan_experiment_main(argv: list[str] | None = None) -> int:
+    """``unisyn_plan_experiment -d 1``."""
+    parser = argparse.ArgumentParser(description="Plan from an existing fingerprint.")
+    _dataset(parser)
+    _plan_options(parser)
+    _common(parser)
+    return run_cli(_plan, parser.parse_args(argv))
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    api.preprocess(args.dataset, args.plans_name, args.num_processes, not args.no_pbar)
+    return 0
+
+
+def preprocess_main(argv: list[str] | None = None) -> int:
+    """``unisyn_preprocess -d 1``."""
+    parser = argparse.ArgumentParser(description="Preprocess a planned dataset (resumes unfinished work).")
+    _dataset(parser)
+    _common(parser)
+    return run_cli(_preprocess, parser.parse_args(argv))
+
+
+@_guarded
+def _verify(args: argparse.Namespace) -> int:
+    api.verify(args.dataset)
+    print(f"{api.dataset_folders(args.dataset)[1]}: dataset is valid")
     return 0
 
 
 def verify_main(argv: list[str] | None = None) -> int:
-    """``unisyn_verify_dataset -d ID``: check a raw dataset; writes nothing."""
+    """``unisyn_verify_dataset -d 1``: check a raw dataset; writes nothing."""
     parser = argparse.ArgumentParser(description="Check a raw dataset (files, geometry, metadata); writes nothing.")
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id (1, 001) or name (Dataset001_Name)")
+    _dataset(parser)
     add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_cli(lambda a: _verify(a.dataset), args)
+    return run_cli(_verify, parser.parse_args(argv))

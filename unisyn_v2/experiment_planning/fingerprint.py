@@ -76,6 +76,7 @@ def _analyse_case(description: DatasetDescription, case_id: str) -> dict[str, An
         "shape_after_crop_zyx": shape_after_crop,
         "modalities": case.modalities,
         "classes": [metadata_class_key(case.describe(image)) for image in case.images],
+        "metadata": {image.modality: image.metadata.to_dict() for image in case.images},
         "samples": samples,
     }
 
@@ -90,6 +91,23 @@ def _statistics(values: np.ndarray) -> dict[str, float]:
         "percentile_50_0": float(np.percentile(values, 50.0)),
         "percentile_99_5": float(np.percentile(values, 99.5)),
     }
+
+
+def typical_metadata(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each numeric field and the most common text value: what a bare target name means."""
+    out: dict[str, Any] = {}
+    keys = sorted({k for entry in entries for k in entry})
+    for key in keys:
+        values = [entry[key] for entry in entries if entry.get(key) is not None]
+        if not values:
+            continue
+        if isinstance(values[0], str):
+            out[key] = Counter(values).most_common(1)[0][0]
+        elif isinstance(values[0], (list, tuple)):
+            out[key] = [float(v) for v in np.median(np.asarray(values, dtype=float), axis=0)]
+        else:
+            out[key] = float(np.median(np.asarray(values, dtype=float)))
+    return out
 
 
 def extract_fingerprint(raw_root: Path, output_dir: Path, num_processes: int = 2, clean: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -121,6 +139,7 @@ def extract_fingerprint(raw_root: Path, output_dir: Path, num_processes: int = 2
             modality: {
                 "count": sum(modality in r["modalities"] for r in results),
                 "foreground_intensities": _statistics(np.asarray(values, dtype=np.float64)),
+                "typical_metadata": typical_metadata([r["metadata"][modality] for r in results if modality in r["metadata"]]),
             }
             for modality, values in per_modality_samples.items()
         },

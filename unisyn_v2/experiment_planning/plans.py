@@ -25,7 +25,7 @@ class NormalizationPlan:
     """Normalisation scheme of one modality and the constants it needs (see preprocessing.normalization)."""
 
     scheme: str
-    kwargs: dict[str, float] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class Plans:
     neuroclip: NeuroCLIPPlan
     training: TrainingPlan
     gpu_memory_gb: float | None
+    typical_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = PLANS_FORMAT_VERSION
     planner_version: str = "1"
 
@@ -139,14 +140,13 @@ class Plans:
                 f"{source}: format_version {version!r} is newer than this unisyn_v2 understands "
                 f"({PLANS_FORMAT_VERSION}); upgrade unisyn_v2 or re-plan the dataset"
             )
-        values = _build(cls, data, source, nested={
+        plans = _build(cls, data, source, nested={
             "normalization": lambda v, w: {k: _build(NormalizationPlan, x, f"{w}.{k}") for k, x in _mapping(v, w).items()},
             "configurations": lambda v, w: {k: _build(ConfigurationPlan, x, f"{w}.{k}") for k, x in _mapping(v, w).items()},
             "text_encoder": lambda v, w: _build(TextEncoderPlan, v, w),
             "neuroclip": lambda v, w: _build(NeuroCLIPPlan, v, w),
             "training": lambda v, w: _build(TrainingPlan, v, w),
         })
-        plans = cls(**values)
         if plans.default_configuration not in plans.configurations:
             raise PlansError(f"{source}.default_configuration: {plans.default_configuration!r} is not among the configurations")
         return plans

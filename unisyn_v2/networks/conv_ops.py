@@ -1,6 +1,7 @@
 """Dimension-generic convolution lookup shared by the 2D (2.5D) and 3D networks."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 _CONVS: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -13,7 +14,7 @@ def conv_class(dims: int) -> type[nn.Module]:
     return _CONVS[dims]
 
 
-def broadcast_to_spatial(vector_bc, ndim: int):
+def broadcast_to_spatial(vector_bc: torch.Tensor, ndim: int) -> torch.Tensor:
     """View a (B, C) per-sample vector as (B, C, 1, ..., 1) so it broadcasts over an ndim feature map."""
     if vector_bc.ndim != 2:
         raise ValueError(f"expected a (B, C) tensor, got shape {tuple(vector_bc.shape)}")

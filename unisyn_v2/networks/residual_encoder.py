@@ -1,14 +1,10 @@
 """UniSyn's image encoder: a full-resolution residual CNN (no downsampling) projected to the feature width."""
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
 from unisyn_v2.networks.conv_ops import conv_class
-
-logger = logging.getLogger(__name__)
 
 
 class ResidualBlock(nn.Module):

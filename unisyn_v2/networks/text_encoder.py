@@ -1,15 +1,12 @@
 """NeuroCLIP's text side: a CLIP-style transformer over metadata-prompt token ids (context 224)."""
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
 from torch import nn
 
 from unisyn_v2.networks.transformer import Transformer
-
-logger = logging.getLogger(__name__)
 
 
 class MetadataTextEncoder(nn.Module):

@@ -1,7 +1,6 @@
 """Task-specific regression U-Net baseline (nnU-Net's PlainConvUNet with a linear 1x1 output)."""
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence, Union
 
 import torch
@@ -11,8 +10,6 @@ from torch import nn
 
 from unisyn_v2.networks.conv_ops import conv_class
 from unisyn_v2.networks.outputs import SynthesisOutput
-
-logger = logging.getLogger(__name__)
 
 IntOrSeq = Union[int, Sequence[int], Sequence[Sequence[int]]]
 _INSTANCE_NORMS: dict[int, type[nn.Module]] = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}

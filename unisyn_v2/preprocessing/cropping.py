@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.ndimage import binary_fill_holes
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +50,12 @@ def _nonzero_union(masks: Sequence[np.ndarray]) -> np.ndarray:
     return union
 
 
-def foreground_mask(masks: Sequence[np.ndarray]) -> np.ndarray:
-    """Hole-filled union of nonzero voxels: the brain/head region when no brain mask was given."""
-    return binary_fill_holes(_nonzero_union(masks))
-
-
 def foreground_bbox(masks: Sequence[np.ndarray], margin: int = 0) -> BBox:
     """Tightest box around the nonzero union of ``masks``, grown by ``margin`` voxels, clipped to the volume.
 
-    Hole filling (nnU-Net's step) never changes a bounding box, so the box is taken from the plain union.
+    Pass brain masks or head-foreground masks (``foreground.case_foreground``) rather than raw CT, whose
+    background is -1000 HU, not 0. nnU-Net hole-fills the union first (``binary_fill_holes``); holes are
+    enclosed by foreground, so filling cannot change the box and is skipped here.
     """
     if not isinstance(margin, (int, np.integer)) or margin < 0:
         raise CroppingError(f"margin must be a non-negative int (voxels), got {margin!r}")

@@ -1,0 +1,236 @@
+"""Procedural head anatomy as fractional tissue maps (partial volume), deterministic for an rng state.
+
+Labels are rendered on a grid ``supersample`` times finer than the image and averaged, so a voxel on
+a boundary holds the fractions of the tissues it straddles, as a scanner voxel would. Structures are
+defined in millimetres in a head frame (x left-right, y posterior-anterior, z inferior-superior) that
+is slightly rotated and shifted per subject; internal structures scale with the subject's brain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .tissues import BRAIN_TISSUES, TISSUES, PhantomSubject, draw_subject
+
+logger = logging.getLogger(__name__)
+
+_INDEX = {t: i for i, t in enumerate(TISSUES)}
+_SLAB = 32  # fine-grid slices rendered at once, bounds memory for large shapes
+
+# Internal structures in brain-normalised coordinates (centre, semi-axes); left/right mirrored in x.
+# Sizes follow a standard adult atlas at the scale of this ellipsoidal brain.
+_VENTRICLES = (((0.13, -0.05, 0.15), (0.07, 0.35, 0.10)), ((0.12, 0.25, 0.08), (0.07, 0.12, 0.12)),
+               ((0.20, -0.35, 0.05), (0.07, 0.14, 0.09)), ((0.42, 0.0, -0.28), (0.04, 0.15, 0.04)))
+_THIRD_VENTRICLE = ((0.0, -0.02, -0.05), (0.02, 0.15, 0.12))
+_DEEP_GM = (((0.15, -0.12, 0.0), (0.16, 0.22, 0.15)),   # thalamus
+            ((0.42, 0.10, 0.02), (0.09, 0.24, 0.16)),   # putamen
+            ((0.22, 0.25, 0.15), (0.07, 0.12, 0.12)))   # caudate head
+_MTL = ((0.45, 0.0, -0.35), (0.09, 0.26, 0.09))          # hippocampus / entorhinal cortex
+_CHOROID = ((0.20, -0.33, 0.05), (0.05, 0.09, 0.06))
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    """Random shape parameters of one subject (mm unless noted)."""
+
+    rotation: np.ndarray
+    shift: np.ndarray
+    head_axes: np.ndarray
+    layers: np.ndarray  # cumulative depths: fat, muscle, outer table, diploe, inner table ends
+    csf_outer: float
+    brain_axes: np.ndarray
+    shape_waves: tuple[np.ndarray, np.ndarray, float]
+    fold_waves: tuple[np.ndarray, np.ndarray]
+    sulcal_depth: float
+    sulcal_width: float
+    gyral_width: float
+    cortex: float
+    fissure: float
+    ventricle_scale: float
+    lesions: list[tuple[np.ndarray, np.ndarray]]
+
+
+def _waves(rng: np.random.Generator, n: int, wavelength: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    directions = rng.normal(size=(n, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    k = directions * (2.0 * np.pi / rng.uniform(*wavelength, size=(n, 1)))
+    return k.astype(np.float32), rng.uniform(0.0, 2.0 * np.pi, size=n).astype(np.float32)
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, size=3))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _draw_anatomy(rng: np.random.Generator, subject: PhantomSubject) -> _Anatomy:
+    """Shape parameters; atrophy (thinner cortex, wider sulci and CSF, larger ventricles) grows with age."""
+    ageing = float(np.clip((subject.age - 20.0) / 70.0, 0.0, 1.0)) * rng.uniform(0.7, 1.3)
+    size = (1.03 if subject.sex == "M" else 0.97) * rng.uniform(0.95, 1.04)
+    head_axes = np.array([68.0, 86.0, 80.0]) * size * rng.uniform(0.97, 1.03, size=3)
+    # Scalp (fat, galea/muscle), skull (outer table, diploe, inner table): about 5 + 6.5 mm in adults.
+    thickness = np.array([rng.uniform(1.5, 3.0), rng.uniform(2.0, 3.5), rng.uniform(1.5, 2.5),
+                          rng.uniform(2.0, 3.5), rng.uniform(1.2, 2.0)])
+    csf_outer = rng.uniform(1.5, 2.5) + ageing * rng.uniform(2.0, 4.0)
+    brain_axes = head_axes - thickness.sum() - csf_outer
+    lesions = []
+    n_lesions = int(rng.poisson(max(subject.age - 35.0, 0.0) ** 1.5 / 25.0))  # WMH load grows with age
+    for _ in range(n_lesions):
+        if rng.random() < 0.7:  # periventricular: just outside a lateral ventricle
+            centre, axes = _VENTRICLES[rng.integers(3)]
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            position = np.asarray(centre) + direction * np.asarray(axes) * rng.uniform(1.2, 2.0)
+            position[0] *= rng.choice([-1.0, 1.0])
+        else:  # deep white matter
+            position = rng.uniform(-0.45, 0.45, size=3) * np.array([1.0, 1.0, 0.8]) + np.array([0, 0, 0.15])
+        lesions.append((position * brain_axes, rng.uniform(1.5, 5.0, size=3)))
+    return _Anatomy(
+        rotation=_rotation(rng, 6.0), shift=rng.uniform(-4.0, 4.0, size=3), head_axes=head_axes,
+        layers=np.cumsum(thickness), csf_outer=csf_outer, brain_axes=brain_axes,
+        shape_waves=(*_waves(rng, 6, (120.0, 250.0)), rng.uniform(1.0, 3.0)),
+        fold_waves=_waves(rng, 24, (14.0, 28.0)), sulcal_depth=rng.uniform(10.0, 16.0),
+        sulcal_width=0.12 + 0.25 * ageing, gyral_width=rng.uniform(0.8, 1.0), cortex=rng.uniform(2.6, 3.2) - 0.5 * ageing,
+        fissure=1.0 + 1.5 * ageing, ventricle_scale=rng.uniform(0.85, 1.15) * (1.0 + 0.7 * ageing),
+        lesions=lesions,
+    )
+
+
+def _depth(p: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Approximate distance (mm) inside an ellipsoid surface, exact for a sphere: (1 - r) / |grad r|."""
+    inv = (1.0 / axes).astype(np.float32)
+    q0, q1, q2 = p[0] * inv[0], p[1] * inv[1], p[2] * inv[2]
+    r = np.sqrt(q0 * q0 + q1 * q1 + q2 * q2) + np.float32(1e-6)
+    grad = np.sqrt((q0 * inv[0]) ** 2 + (q1 * inv[1]) ** 2 + (q2 * inv[2]) ** 2) / r + np.float32(1e-9)
+    return (1.0 - r) / grad
+
+
+def _inside(p: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    c = np.asarray(centre, dtype=np.float32)
+    inv = 1.0 / np.asarray(axes, dtype=np.float32)
+    return ((p[0] - c[0]) * inv[0]) ** 2 + ((p[1] - c[1]) * inv[1]) ** 2 + ((p[2] - c[2]) * inv[2]) ** 2 <= 1.0
+
+
+def _grid_field(waves: tuple[np.ndarray, np.ndarray], a: _Anatomy, xs: np.ndarray, ys: np.ndarray,
+                zs: np.ndarray) -> np.ndarray:
+    """Unit-variance sum of plane waves (head frame) on a world grid, flattened in (z, y, x) order.
+
+    The head frame is an affine map of the grid, so each wave factorises over the axes and the sum is
+    one complex matrix product instead of a cosine per point and wave.
+    """
+    k, phase = waves
+    k_world = k.astype(np.float64) @ a.rotation.T
+    offset = phase - k_world @ a.shift
+    ex = np.exp(1j * np.outer(k_world[:, 0], xs)).astype(np.complex64)
+    ey = np.exp(1j * np.outer(k_world[:, 1], ys)).astype(np.complex64)
+    ez = np.exp(1j * (np.outer(k_world[:, 2], zs) + offset[:, None])).astype(np.complex64)
+    zy = (ez.T[:, None, :] * ey.T[None, :, :]).reshape(-1, len(phase))
+    return (zy @ ex).real.ravel() * np.float32(np.sqrt(2.0 / len(phase)))
+
+
+def _label_points(p: np.ndarray, a: _Anatomy, shape_field: np.ndarray, fold_field: np.ndarray) -> np.ndarray:
+    """Tissue index for head-frame points ``p`` (3, n), painted from outside in on shrinking subsets."""
+    label = np.zeros(p.shape[1], dtype=np.uint8)
+    near = np.flatnonzero(_depth(p, a.head_axes + 8.0) > 0.0)  # everything else is air
+    p, fold_field = p[:, near], fold_field[near]
+    sub = np.zeros(p.shape[1], dtype=np.uint8)
+    depth = _depth(p, a.head_axes) + a.shape_waves[2] * shape_field[near] / 2.0
+    for name, start, end in zip(("fat", "muscle", "bone", "marrow", "bone"), np.r_[0.0, a.layers[:-1]], a.layers):
+        sub[(depth >= start) & (depth < end)] = _INDEX[name]
+    inner = np.flatnonzero(depth >= a.layers[-1])
+    sub[inner] = _INDEX["csf"]
+    # Superior sagittal sinus: midline vein between the inner table and the brain, upper half of the head.
+    pi, di = p[:, inner], depth[inner]
+    sinus = (np.abs(pi[0]) < 3.5) & (di < a.layers[-1] + min(6.0, a.csf_outer + 2.0)) & (pi[2] > -0.1 * a.head_axes[2])
+    sub[inner[sinus]] = _INDEX["vessel"]
+    brain_depth = di - a.layers[-1] - a.csf_outer
+    keep = brain_depth >= 0.0
+    inner, pi, brain_depth = inner[keep], pi[:, keep], brain_depth[keep]
+    g = fold_field[inner]
+    b = a.brain_axes
+    qz = pi[2] / b[2]
+    # Interhemispheric fissure: the medial surface acts as a second pial surface above the corpus callosum.
+    fissure = (qz > -0.35) & (brain_depth < 0.5 * b[2] * (qz + 0.35) + 5.0)
+    surface = np.where(fissure, np.minimum(brain_depth, np.abs(pi[0]) - a.fissure), brain_depth)
+    # Folding: sulci along zero-crossings of a smooth random field; cortex wraps around them (gyri).
+    pial = a.sulcal_depth * np.exp(-((g / a.sulcal_width) ** 2))
+    white = a.cortex + a.sulcal_depth * np.exp(-((g / (a.sulcal_width + a.gyral_width)) ** 2))
+    tissue = np.where(surface < pial, _INDEX["csf"], np.where(surface < white, _INDEX["gm"], _INDEX["wm"]))
+    deep = np.flatnonzero(brain_depth > 10.0)
+    pd = pi[:, deep]
+    t_deep = tissue[deep]
+    for centre, axes in (*_DEEP_GM, _MTL):
+        name = "mtl" if axes == _MTL[1] else "deep_gm"
+        for side in (-1.0, 1.0):
+            t_deep[_inside(pd, np.array(centre) * [side, 1.0, 1.0] * b, np.array(axes) * b)] = _INDEX[name]
+    for centre, axes in a.lesions:
+        t_deep[(t_deep == _INDEX["wm"]) & _inside(pd, centre, axes)] = _INDEX["lesion"]
+    v = a.ventricle_scale
+    ventricle = _inside(pd, np.array(_THIRD_VENTRICLE[0]) * b, np.array(_THIRD_VENTRICLE[1]) * b * [v, 1.0, 1.0])
+    for centre, axes in _VENTRICLES:
+        for side in (-1.0, 1.0):
+            ventricle |= _inside(pd, np.array(centre) * [side, 1.0, 1.0] * b, np.array(axes) * b * v)
+    t_deep[ventricle] = _INDEX["csf"]
+    for side in (-1.0, 1.0):
+        choroid = _inside(pd, np.array(_CHOROID[0]) * [side, 1.0, 1.0] * b, np.array(_CHOROID[1]) * b)
+        t_deep[ventricle & choroid] = _INDEX["choroid"]
+    tissue[deep] = t_deep
+    sub[inner] = tissue
+    label[near] = sub
+    return label
+
+
+def simulate_subject(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 64),
+                     voxel_size: tuple[float, float, float] = (3.0, 3.0, 3.0),
+                     subject: PhantomSubject | None = None, supersample: int = 2) -> dict[str, np.ndarray]:
+    """Fractional tissue maps (float32, (z, y, x), summing to 1) of a new head; draws ``subject`` when None.
+
+    ``voxel_size`` is (x, y, z) mm; the head is centred in the field of view like a scanner's isocentre.
+    """
+    if subject is None:
+        subject = draw_subject(rng)
+    a = _draw_anatomy(rng, subject)
+    nz, ny, nx = (int(s) for s in shape)
+    s = int(supersample)
+    sx, sy, sz = (float(v) for v in voxel_size)
+
+    def axis(n: int, spacing: float) -> np.ndarray:
+        return (((np.arange(n * s) + 0.5) / s - 0.5) - (n - 1) / 2.0).astype(np.float32) * np.float32(spacing)
+
+    xs, ys, zs = axis(nx, sx), axis(ny, sy), axis(nz, sz)
+    counts = np.zeros((len(TISSUES), nz, ny, nx), dtype=np.float32)
+    rot_t = a.rotation.T.astype(np.float32)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    for z0 in range(0, nz * s, _SLAB - _SLAB % s):
+        z_slab = zs[z0:z0 + _SLAB - _SLAB % s]
+        world = np.stack(np.broadcast_arrays(xx[None], yy[None], z_slab[:, None, None])).reshape(3, -1)
+        head = rot_t @ (world - a.shift.astype(np.float32)[:, None])
+        fields = (_grid_field(a.shape_waves[:2], a, xs, ys, z_slab), _grid_field(a.fold_waves, a, xs, ys, z_slab))
+        label = _label_points(head, a, *fields).reshape(len(z_slab) // s, s, ny, s, nx, s)
+        zi = z0 // s
+        n_coarse = label.shape[0] * ny * nx
+        coarse = np.arange(n_coarse, dtype=np.int64).reshape(label.shape[0], 1, ny, 1, nx, 1)
+        flat = (np.broadcast_to(coarse, label.shape) * len(TISSUES) + label).ravel()
+        binned = np.bincount(flat, minlength=n_coarse * len(TISSUES)).reshape(n_coarse, len(TISSUES))
+        counts[:, zi:zi + label.shape[0]] = binned.T.reshape(len(TISSUES), label.shape[0], ny, nx)
+    counts /= float(s ** 3)
+    return {t: counts[i] for i, t in enumerate(TISSUES)}
+
+
+def brain_mask(tissues: dict[str, np.ndarray]) -> np.ndarray:
+    """Brain mask (uint8) as skull stripping gives it: parenchyma with ventricles and sulci filled in."""
+    parenchyma = sum(tissues[t] for t in BRAIN_TISSUES if t in tissues)
+    mask = np.asarray(parenchyma) >= 0.3
+    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return mask.astype(np.uint8)

@@ -1,0 +1,128 @@
+"""The case preprocessor shared by training and prediction, and the inverse that restores a prediction.
+
+Order: head foreground -> crop all images to one box -> normalise each image (its family's invertible
+scheme, parameters recorded) -> resample to the target spacing. Every step is recorded in the
+properties so :func:`restore_prediction` can map a synthesised volume back to the input's exact grid
+and to meaningful units (HU for CT, SUV/SUVR for PET, normalised units for MRI).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from unisyn_v2.dataset.image_io import Geometry
+from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.metadata.classes import metadata_class_key
+from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.preprocessing.cropping import bbox_from_list, bbox_to_list, crop_to_bbox, foreground_bbox, uncrop
+from unisyn_v2.preprocessing.foreground import case_foreground
+from unisyn_v2.preprocessing.normalization import IntensityNormalizer, NormalizationParameters, build_normalizer
+from unisyn_v2.preprocessing.resampling import compute_new_shape, resample_image, resample_mask, resample_to_shape
+
+logger = logging.getLogger(__name__)
+
+
+def normalizer_for(plans: Plans, modality: str) -> IntensityNormalizer:
+    """The plans' normaliser of a modality; a modality the plans never saw is an error."""
+    if modality not in plans.normalization:
+        raise ValueError(
+            f"plans {plans.plans_name} have no normalisation for modality {modality!r}; "
+            f"planned modalities: {', '.join(plans.normalization)}"
+        )
+    plan = plans.normalization[modality]
+    return build_normalizer(plan.scheme, dict(plan.kwargs))
+
+
+def with_header_voxel_size(description: ImageDescription, geometry: Geometry) -> ImageDescription:
+    """Fill a missing voxel size from the image header (x, y, z in mm)."""
+    if description.metadata.voxel_size is not None:
+        return description
+    voxel = tuple(round(v, 3) for v in geometry.spacing_xyz)
+    return replace(description, metadata=replace(description.metadata, voxel_size=voxel))
+
+
+def preprocess_case(
+    images: Sequence[np.ndarray],
+    descriptions: Sequence[ImageDescription],
+    geometry: Geometry,
+    plans: Plans,
+    brain_mask: np.ndarray | None = None,
+    case_id: str = "case",
+    files: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Crop, normalise and resample one case; returns (data (C, Z, Y, X), mask (Z, Y, X), properties)."""
+    modalities = [d.modality for d in descriptions]
+    head = case_foreground(images, modalities)
+    mask = brain_mask.astype(bool) if brain_mask is not None else head
+    bbox = foreground_bbox([head | mask])
+    cropped_mask = crop_to_bbox(mask, bbox)
+    channels: list[np.ndarray] = []
+    channel_properties: list[dict[str, Any]] = []
+    for index, (image, description) in enumerate(zip(images, descriptions)):
+        description = with_header_voxel_size(description, geometry)
+        normalizer = normalizer_for(plans, description.modality)
+        cropped = crop_to_bbox(image, bbox)
+        params = normalizer.fit(cropped, cropped_mask if cropped_mask.any() else None, unit=description.metadata.unit)
+        channels.append(normalizer.forward(cropped, params))
+        channel_properties.append(
+            {
+                "modality": description.modality,
+                "metadata": description.metadata.to_dict(),
+                "prompt": description.prompt(),
+                "class_key": metadata_class_key(description),
+                "normalization": params.to_dict(),
+                "unit": normalizer.output_unit(params),
+                "file": files[index] if files else None,
+            }
+        )
+    stacked = np.stack(channels)
+    spacing = geometry.spacing_zyx
+    target = plans.target_spacing_zyx
+    new_shape = compute_new_shape(stacked.shape[1:], spacing, target)
+    order = int(plans.resampling.get("image_order", 1))
+    threshold = float(plans.resampling.get("anisotropy_threshold", 3.0))
+    data = resample_image(stacked, spacing, new_shape=new_shape, order=order, anisotropy_threshold=threshold)
+    resampled_mask = resample_mask(cropped_mask.astype(np.uint8), new_shape)
+    properties = {
+        "case_id": case_id,
+        "subject": descriptions[0].subject.to_dict() if descriptions else {},
+        "channels": channel_properties,
+        "original_geometry": geometry.to_dict(),
+        "bbox_zyx": bbox_to_list(bbox),
+        "shape_after_crop_zyx": list(cropped_mask.shape),
+        "spacing_after_crop_zyx": list(spacing),
+        "shape_after_resampling_zyx": list(data.shape[1:]),
+        "target_spacing_zyx": list(target),
+    }
+    return data.astype(np.float32, copy=False), resampled_mask, properties
+
+
+def target_normalization(plans: Plans, modality: str) -> tuple[IntensityNormalizer, NormalizationParameters]:
+    """Normaliser and parameters that turn a synthesised ``modality`` back into its documented unit."""
+    normalizer = normalizer_for(plans, modality)
+    params = normalizer.default_target_parameters()
+    if params is None:
+        raise ValueError(f"normalisation of {modality} has no fixed target parameters; cannot restore units")
+    return normalizer, params
+
+
+def restore_prediction(prediction: np.ndarray, properties: dict[str, Any], plans: Plans, modality: str) -> tuple[np.ndarray, str]:
+    """Map a normalised prediction on the preprocessed grid back to the original grid and units.
+
+    Returns (array in the original (z, y, x) shape, unit). Outside the crop box the target's background
+    value is used (air, -1000 HU, for CT).
+    """
+    normalizer, params = target_normalization(plans, modality)
+    crop_shape = tuple(int(v) for v in properties["shape_after_crop_zyx"])
+    order = int(plans.resampling.get("image_order", 1))
+    back = resample_to_shape(np.asarray(prediction, dtype=np.float32), crop_shape, order=order,
+                             spacing_zyx=properties["target_spacing_zyx"])
+    restored = normalizer.inverse(back, params)
+    geometry = Geometry.from_dict(properties["original_geometry"])
+    full = uncrop(restored, bbox_from_list(properties["bbox_zyx"]), geometry.shape_zyx, fill_value=normalizer.background_value)
+    return full.astype(np.float32, copy=False), normalizer.output_unit(params)

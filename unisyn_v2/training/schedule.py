@@ -1,0 +1,60 @@
+"""The papers' learning-rate schedule: Adam at lr0, halved every third of training (UniSyn: 1e-4,
+halved every 100 of 300 epochs), stepped once per epoch.
+
+The scheduler's state is only the epoch count, so resuming is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def step_decay_lr(initial_lr: float, epoch: int, num_epochs: int, every_fraction: float = 1.0 / 3.0,
+                  gamma: float = 0.5) -> float:
+    """lr at ``epoch`` (0-based): ``initial_lr * gamma ** (epoch // step)``, step = round(num_epochs * every_fraction)."""
+    if num_epochs < 1 or not 0.0 < every_fraction <= 1.0:
+        raise ValueError(f"need num_epochs >= 1 and every_fraction in (0, 1], got {num_epochs}, {every_fraction}")
+    step = max(1, int(round(num_epochs * every_fraction)))
+    return float(initial_lr) * gamma ** (max(epoch, 0) // step)
+
+
+class StepDecayScheduler:
+    """Sets every parameter group's lr to :func:`step_decay_lr` of the current epoch.
+
+    ``step()`` is called once at the end of each epoch (as ``torch.optim.lr_scheduler``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, num_epochs: int,
+                 every_fraction: float = 1.0 / 3.0, gamma: float = 0.5) -> None:
+        self.optimizer = optimizer
+        self.initial_lr = float(initial_lr)
+        self.num_epochs = int(num_epochs)
+        self.every_fraction = float(every_fraction)
+        self.gamma = float(gamma)
+        self.epoch = 0
+        self._apply()
+
+    def current_lr(self) -> float:
+        """The lr of the current epoch."""
+        return step_decay_lr(self.initial_lr, self.epoch, self.num_epochs, self.every_fraction, self.gamma)
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.current_lr()
+
+    def step(self) -> None:
+        """Advance one epoch."""
+        self.epoch += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Primitives only (weights-only safe)."""
+        return {"epoch": self.epoch, "initial_lr": self.initial_lr, "num_epochs": self.num_epochs,
+                "every_fraction": self.every_fraction, "gamma": self.gamma}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the epoch (the schedule's constants come from the trainer, the epoch from the file)."""
+        self.epoch = int(state["epoch"])
+        self._apply()
