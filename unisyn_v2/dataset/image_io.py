@@ -121,6 +121,22 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     return np.asarray(array, dtype=np.float64).astype(np.float32), Geometry.of(image)
 
 
+def count_nonfinite_voxels(path: Path) -> int:
+    """NaN/inf voxels in a NIfTI file as stored.
+
+    SimpleITK's NIfTI reader turns NaN into 0 silently, so the check reads the raw data with nibabel.
+    Other formats are checked on the SimpleITK array.
+    """
+    name = str(path)
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        data = np.asanyarray(nibabel.load(name).dataobj)
+        return int(data.size - np.isfinite(data).sum()) if np.issubdtype(data.dtype, np.floating) else 0
+    array, _ = read_image(Path(path))
+    return int(array.size - np.isfinite(array).sum())
+
+
 def write_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type = np.float32) -> Path:
     """Write an array with the given geometry atomically (temp file in the same folder, then rename)."""
     path = Path(path)

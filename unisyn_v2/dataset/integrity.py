@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from unisyn_v2.dataset.description import DatasetDescription, DatasetError, Problem, load_dataset_description
-from unisyn_v2.dataset.image_io import Geometry, ImageReadError, read_image
+from unisyn_v2.dataset.image_io import Geometry, ImageReadError, count_nonfinite_voxels, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,11 @@ def _check_image(path: Path, case_id: str, file: str, is_mask: bool) -> tuple[Ge
     problems: list[Problem] = []
     if array.size == 0 or min(array.shape) < 2:
         problems.append(Problem(f"image is empty or flat (shape {array.shape})", case=case_id, file=file, field="file"))
-    finite = np.isfinite(array)
-    if not finite.all():
+    nonfinite = count_nonfinite_voxels(path)
+    if nonfinite:
         problems.append(
-            Problem(f"{int((~finite).sum())} voxel(s) are NaN or infinite", case=case_id, file=file, field="intensities")
+            Problem(f"{nonfinite} voxel(s) are NaN or infinite (replace them, e.g. by 0, or fix the export)",
+                    case=case_id, file=file, field="intensities")
         )
     elif not np.any(array):
         problems.append(Problem("image is all zeros", case=case_id, file=file, field="intensities"))

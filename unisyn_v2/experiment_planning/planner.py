@@ -120,26 +120,26 @@ def fit_patch_and_batch(preset: Preset, slab: bool, median_shape: Sequence[int],
     start = preset.slab_patch if slab else preset.volume_patch
     patch = [int(start[0]) if slab else min(int(start[0]), _round8(median_shape[0])),
              min(int(start[1]), _round8(median_shape[1])), min(int(start[2]), _round8(median_shape[2]))]
-    fixed = preset.fixed and slab  # the paper fixes its 2.5D setting; a 3D variant still has to fit
-    if fixed:
+    keep_published = preset.fixed and slab  # the paper fixes its 2.5D setting; a 3D variant still has to fit
+    if keep_published:
         patch = list(start)
     while True:
         kwargs = network_kwargs(preset, slab, patch, text_dim)
         one = estimate_gfm_memory_bytes(kwargs, patch, slab, 1)
         two = estimate_gfm_memory_bytes(kwargs, patch, slab, 2)
         per_sample = max(two - one, 1)
-        fixed = one - per_sample
-        if fixed:
+        static = one - per_sample
+        if keep_published:
             batch = preset.max_batch_size
-            return tuple(patch), batch, fixed + batch * per_sample  # type: ignore[return-value]
-        batch = int((budget_bytes - fixed) // per_sample)
+            return tuple(patch), batch, static + batch * per_sample  # type: ignore[return-value]
+        batch = int((budget_bytes - static) // per_sample)
         if batch >= MIN_BATCH_SIZE:
             batch = min(batch, preset.max_batch_size)
-            return tuple(patch), batch, fixed + batch * per_sample  # type: ignore[return-value]
+            return tuple(patch), batch, static + batch * per_sample  # type: ignore[return-value]
         shrinkable = [a for a in ((1, 2) if slab else (0, 1, 2)) if patch[a] - 8 >= preset.min_inplane_patch]
         if not shrinkable:
             logger.warning("even the smallest patch with batch %d exceeds the memory budget", MIN_BATCH_SIZE)
-            return tuple(patch), MIN_BATCH_SIZE, fixed + MIN_BATCH_SIZE * per_sample  # type: ignore[return-value]
+            return tuple(patch), MIN_BATCH_SIZE, static + MIN_BATCH_SIZE * per_sample  # type: ignore[return-value]
         axis = max(shrinkable, key=lambda a: patch[a] / max(median_shape[a], 1))
         patch[axis] -= 8
 

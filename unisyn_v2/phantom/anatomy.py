@@ -72,8 +72,8 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 def _draw_anatomy(rng: np.random.Generator, subject: PhantomSubject) -> _Anatomy:
     """Shape parameters; atrophy (thinner cortex, wider sulci and CSF, larger ventricles) grows with age."""
     ageing = float(np.clip((subject.age - 20.0) / 70.0, 0.0, 1.0)) * rng.uniform(0.7, 1.3)
-    size = (1.03 if subject.sex == "M" else 0.97) * rng.uniform(0.95, 1.04)
-    head_axes = np.array([68.0, 86.0, 80.0]) * size * rng.uniform(0.97, 1.03, size=3)
+    size = (1.03 if subject.sex == "M" else 0.97) * rng.uniform(0.96, 1.03)
+    head_axes = np.array([70.0, 88.0, 82.0]) * size * rng.uniform(0.98, 1.02, size=3)
     # Scalp (fat, galea/muscle), skull (outer table, diploe, inner table): about 5 + 6.5 mm in adults.
     thickness = np.array([rng.uniform(1.5, 3.0), rng.uniform(2.0, 3.5), rng.uniform(1.5, 2.5),
                           rng.uniform(2.0, 3.5), rng.uniform(1.2, 2.0)])
@@ -92,7 +92,7 @@ def _draw_anatomy(rng: np.random.Generator, subject: PhantomSubject) -> _Anatomy
             position = rng.uniform(-0.45, 0.45, size=3) * np.array([1.0, 1.0, 0.8]) + np.array([0, 0, 0.15])
         lesions.append((position * brain_axes, rng.uniform(1.5, 5.0, size=3)))
     return _Anatomy(
-        rotation=_rotation(rng, 6.0), shift=rng.uniform(-4.0, 4.0, size=3), head_axes=head_axes,
+        rotation=_rotation(rng, 6.0), shift=rng.uniform(-3.0, 3.0, size=3), head_axes=head_axes,
         layers=np.cumsum(thickness), csf_outer=csf_outer, brain_axes=brain_axes,
         shape_waves=(*_waves(rng, 6, (120.0, 250.0)), rng.uniform(1.0, 3.0)),
         fold_waves=_waves(rng, 24, (14.0, 28.0)), sulcal_depth=rng.uniform(10.0, 16.0),
@@ -187,7 +187,7 @@ def _label_points(p: np.ndarray, a: _Anatomy, shape_field: np.ndarray, fold_fiel
 
 
 def simulate_subject(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 64),
-                     voxel_size: tuple[float, float, float] = (3.0, 3.0, 3.0),
+                     voxel_size: tuple[float, float, float] = (3.2, 3.2, 3.2),
                      subject: PhantomSubject | None = None, supersample: int = 2) -> dict[str, np.ndarray]:
     """Fractional tissue maps (float32, (z, y, x), summing to 1) of a new head; draws ``subject`` when None.
 

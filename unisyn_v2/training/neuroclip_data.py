@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from statistics import median
+from statistics import median_low
 from typing import Any
 
 import numpy as np
@@ -254,8 +254,9 @@ def contrastive_loss(logits_per_image: torch.Tensor, logits_per_text: torch.Tens
 
 
 def typical_metadata(samples: Sequence[NeuroCLIPSample]) -> dict[str, dict[str, Any]]:
-    """Per modality, the typical acquisition: median of each numeric field (voxel size per axis), most
-    common value of each text field; fields missing in most images stay missing. JSON-ready dicts.
+    """Per modality, the typical acquisition: the low median of each numeric field (an observed value, so
+    1.5 T and 3 T never average to 2.25 T; voxel size per axis), the most common value of each text
+    field; fields missing in most images stay missing. JSON-ready dicts.
     """
     by_modality: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for sample in samples:
@@ -268,11 +269,11 @@ def typical_metadata(samples: Sequence[NeuroCLIPSample]) -> dict[str, dict[str, 
             if len(values) * 2 < len(entries) or not values:
                 continue
             if spec.name == "voxel_size":
-                typical[spec.name] = [round(median(v[i] for v in values), 3) for i in range(3)]
+                typical[spec.name] = [round(float(median_low(v[i] for v in values)), 3) for i in range(3)]
             elif isinstance(values[0], str):
                 typical[spec.name] = Counter(values).most_common(1)[0][0]
             else:
-                typical[spec.name] = round(float(median(values)), 3)
+                typical[spec.name] = round(float(median_low(values)), 3)
         out[modality] = typical
     return {m: out[m] for m in sorted(out)}
 

@@ -1,0 +1,123 @@
+"""Fingerprint, planning rules, presets and preprocessing on a small dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raw_fixtures import write_blob_dataset
+from unisyn_v2.dataset.image_io import read_image
+from unisyn_v2.experiment_planning import api
+from unisyn_v2.experiment_planning.planner import determine_target_spacing, fit_patch_and_batch, unet_kwargs
+from unisyn_v2.experiment_planning.plans import Plans, PlansError
+from unisyn_v2.experiment_planning.presets import get_preset
+from unisyn_v2.experiment_planning.splits import make_splits
+from unisyn_v2.networks.factory import build_synthesis_network, count_parameters, paper_gfm_kwargs
+from unisyn_v2.preprocessing.case_preprocessor import restore_prediction
+from unisyn_v2.preprocessing.case_store import load_preprocessed_case
+
+
+@pytest.fixture
+def planned(unisyn_dirs: dict[str, Path]) -> tuple[Plans, Path]:
+    write_blob_dataset(unisyn_dirs["raw"] / "Dataset002_Blob", num_cases=4)
+    plans = api.plan_and_preprocess(2, num_processes=1, progress=False)
+    return plans, unisyn_dirs["preprocessed"] / "Dataset002_Blob"
+
+
+def test_pipeline_writes_every_artifact(planned: tuple[Plans, Path]) -> None:
+    plans, pre = planned
+    for name in ("dataset_fingerprint.json", "unisynPlans.json", "splits_final.json", "dataset.json"):
+        assert (pre / name).is_file(), name
+    fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
+    assert set(fingerprint["modalities"]) == {"T1w", "CT", "FDG-PET"}
+    ct = fingerprint["modalities"]["CT"]["foreground_intensities"]
+    assert 20 < ct["percentile_50_0"] < 50  # brain voxels only, in HU
+    assert fingerprint["modalities"]["FDG-PET"]["typical_metadata"]["unit"] == "SUV"
+    assert Plans.load(pre / "unisynPlans.json") == plans
+    case = load_preprocessed_case(pre / "unisynPlans_data", "case_000")
+    assert case.data.shape[0] == 3 and case.data.shape[1:] == case.mask.shape
+    assert plans.preset == "cpu"
+
+
+def test_rerun_skips_finished_cases_and_redoes_changed_ones(planned: tuple[Plans, Path], unisyn_dirs: dict[str, Path]) -> None:
+    _plans, pre = planned
+    folder = pre / "unisynPlans_data"
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    (folder / "case_001.json").unlink()  # an interrupted case
+    api.preprocess(2, num_processes=1, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert after["case_000.npy"] == stamps["case_000.npy"]
+    assert after["case_001.npy"] != stamps["case_001.npy"]
+
+
+def test_ct_round_trip_to_hu(planned: tuple[Plans, Path], unisyn_dirs: dict[str, Path]) -> None:
+    plans, pre = planned
+    case = load_preprocessed_case(pre / "unisynPlans_data", "case_002")
+    restored, unit = restore_prediction(case.data[case.channel_of("CT")], case.properties, plans, "CT")
+    original, _ = read_image(unisyn_dirs["raw"] / "Dataset002_Blob/case_002/case_002_CT.nii.gz")
+    assert unit == "HU"
+    assert np.abs(restored - original).max() < 0.5
+
+
+def test_target_spacing_rules() -> None:
+    iso = determine_target_spacing(np.array([[1.0, 1.0, 1.0], [1.2, 1.0, 1.0]]), np.array([[100, 100, 100]] * 2))
+    assert iso == pytest.approx((1.1, 1.0, 1.0))
+    spacings = np.array([[5.0, 1.0, 1.0], [6.0, 1.0, 1.0], [4.0, 1.0, 1.0]])
+    shapes = np.array([[20, 200, 200]] * 3)
+    aniso = determine_target_spacing(spacings, shapes)
+    assert aniso[0] < 5.0 and aniso[1:] == (1.0, 1.0)
+
+
+def test_more_memory_gives_larger_batch_or_patch() -> None:
+    preset = get_preset("small")
+    median = (120, 140, 120)
+    small = fit_patch_and_batch(preset, True, median, 2 * 1024**3, 256)
+    large = fit_patch_and_batch(preset, True, median, 16 * 1024**3, 256)
+    assert np.prod(large[0]) * large[1] > np.prod(small[0]) * small[1]
+    assert small[1] >= 2 and large[2] <= 16 * 1024**3
+    tiny = fit_patch_and_batch(preset, True, median, 0.3 * 1024**3, 256)
+    assert np.prod(tiny[0]) < np.prod(small[0])  # patch shrinks once batch 2 no longer fits
+
+
+def test_paper_preset_reproduces_the_paper() -> None:
+    preset = get_preset("paper")
+    patch, batch, used = fit_patch_and_batch(preset, True, (180, 220, 180), 40 * 1024**3, 1536)
+    assert patch == (8, 64, 64) and batch == 8
+    from unisyn_v2.experiment_planning.planner import network_kwargs
+
+    kwargs = network_kwargs(preset, True, patch, 1536)
+    assert {k: kwargs[k] for k in paper_gfm_kwargs() if k in kwargs} == {k: v for k, v in paper_gfm_kwargs().items() if k in kwargs}
+    import torch
+
+    with torch.device("meta"):
+        network = build_synthesis_network("gfm", kwargs)
+    assert 4.5e8 < count_parameters(network) < 4.7e8  # 24 blocks x 2 convs x 1024^2 x 9 dominate
+
+
+def test_unet_kwargs_divide_patch() -> None:
+    kwargs = unet_kwargs(get_preset("cpu"), False, (32, 48, 40))
+    total = np.prod(np.array(kwargs["strides"]), axis=0)
+    assert all(size % stride == 0 for size, stride in zip((32, 48, 40), total))
+
+
+def test_splits_are_reproducible_and_disjoint() -> None:
+    ids = [f"c{i}" for i in range(11)]
+    splits = make_splits(ids)
+    assert splits == make_splits(list(reversed(ids)))
+    assert sorted(sum((s["val"] for s in splits), [])) == sorted(ids)
+    assert all(not set(s["train"]) & set(s["val"]) for s in splits)
+
+
+def test_newer_plans_version_is_refused(planned: tuple[Plans, Path]) -> None:
+    plans, pre = planned
+    data = plans.to_dict()
+    data["format_version"] = 99
+    with pytest.raises(PlansError, match="newer"):
+        Plans.from_dict(data, source="x.json")
+    data["format_version"] = 1
+    del data["configurations"]["2.5d"]["batch_size"]
+    with pytest.raises(PlansError, match=r"configurations.2.5d.batch_size"):
+        Plans.from_dict(data, source="x.json")

@@ -1,0 +1,94 @@
+"""The preprocessed cases a trainer reads: properties loaded once, arrays memory-mapped on demand.
+
+Arrays are opened lazily in each process (background loaders open their own memory maps) and only the
+pages a patch touches are read. Pickling drops the open arrays, so the collection can be sent to
+spawned worker processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from unisyn_v2.io_utils import read_json
+from unisyn_v2.metadata.fields import ImageMetadata, SubjectMetadata
+from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.preprocessing.case_store import load_preprocessed_case
+
+MAX_FOREGROUND_POINTS = 20000
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """What the sampler needs of one case: its modalities and the description of every image."""
+
+    case_id: str
+    modalities: tuple[str, ...]
+    descriptions: tuple[ImageDescription, ...]
+
+
+def description_from_channel(channel: dict[str, Any], subject: dict[str, Any]) -> ImageDescription:
+    """The ImageDescription of one channel of a case's properties."""
+    return ImageDescription(channel["modality"], ImageMetadata.from_dict(channel.get("metadata") or {}),
+                            SubjectMetadata.from_dict(subject or {}))
+
+
+class CaseCollection:
+    """Cases of one preprocessed data folder (``preprocessed/<Dataset>/<data_identifier>``).
+
+    Args:
+        folder: the data folder.
+        case_ids: the cases to use (e.g. a fold's training cases).
+    """
+
+    def __init__(self, folder: Path, case_ids: Sequence[str]) -> None:
+        self.folder = Path(folder)
+        if not case_ids:
+            raise ValueError(f"no cases given for {self.folder}")
+        self.cases: dict[str, CaseInfo] = {}
+        for case_id in case_ids:
+            path = self.folder / f"{case_id}.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"preprocessed case {case_id!r} is missing in {self.folder} "
+                                        "(run unisyn_plan_and_preprocess for this dataset and configuration)")
+            properties = read_json(path)
+            channels = properties["channels"]
+            self.cases[case_id] = CaseInfo(
+                case_id, tuple(c["modality"] for c in channels),
+                tuple(description_from_channel(c, properties.get("subject") or {}) for c in channels))
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._foreground: dict[str, np.ndarray] = {}
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Case ids in the given order."""
+        return list(self.cases)
+
+    def case_modalities(self) -> dict[str, tuple[str, ...]]:
+        """case id -> channel modalities (the pair sampler's input)."""
+        return {c: info.modalities for c, info in self.cases.items()}
+
+    def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(data (C, Z, Y, X), mask (Z, Y, X)), memory-mapped, cached per process."""
+        if case_id not in self._arrays:
+            case = load_preprocessed_case(self.folder, case_id, mmap=True)
+            self._arrays[case_id] = (case.data, case.mask)
+        return self._arrays[case_id]
+
+    def foreground_points(self, case_id: str) -> np.ndarray:
+        """Up to MAX_FOREGROUND_POINTS mask voxels (N, 3), a fixed subsample, cached per process."""
+        if case_id not in self._foreground:
+            points = np.argwhere(np.asarray(self.arrays(case_id)[1]) > 0)
+            if len(points) > MAX_FOREGROUND_POINTS:
+                keep = np.random.default_rng(0).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)
+                points = points[np.sort(keep)]
+            self._foreground[case_id] = points.astype(np.int32)
+        return self._foreground[case_id]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"], state["_foreground"] = {}, {}
+        return state

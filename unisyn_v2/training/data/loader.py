@@ -1,0 +1,211 @@
+"""Batches of (source, target) patches, in-process or from background processes, resumable exactly.
+
+Every batch is a pure function of (seed, stream, batch index): :class:`BatchBuilder` seeds a fresh
+generator with ``[seed, stream, index]`` for each batch. So the loader's whole state is the index of
+the next batch, batches do not depend on the number of workers, and ``--c`` regenerates exactly the
+batches an uninterrupted run would have seen. With ``num_workers > 0``, worker w builds batches
+``start + w, start + w + n, ...`` into its own queue and the main process reads the queues in turn.
+Workers use numpy/scipy only (and set torch to one thread, see the batchgenerators hang note).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import traceback
+from typing import Any, Iterator
+
+import numpy as np
+
+from unisyn_v2.training.data.augmentation import (
+    NO_AUGMENTATION, AugmentationParams, augment_intensity, extract_patch, sample_spatial,
+)
+from unisyn_v2.training.data.cases import CaseCollection
+from unisyn_v2.training.data.pair_sampler import PairSampler
+from unisyn_v2.training.data.patches import choose_patch_start
+
+STREAMS = {"train": 0, "val": 1}
+
+
+class BatchBuilder:
+    """Builds batch ``index``: for each item a case and (source, target) pair, one patch, augmentation.
+
+    Batch dict: ``source``/``target`` float32 (B, 1, *patch_size) (2.5D: patch (k, H, W)),
+    ``case_ids``, ``tasks`` (``"T1w->CT"``), ``source_descriptions``/``target_descriptions``
+    (ImageDescription lists) and ``index``.
+    """
+
+    def __init__(self, cases: CaseCollection, sampler: PairSampler, patch_size: tuple[int, int, int],
+                 batch_size: int, is_slab: bool, seed: int, stream: str = "train",
+                 augmentation: AugmentationParams | None = None, foreground_fraction_min: float = 0.25,
+                 background_keep_probability: float = 0.1) -> None:
+        self.cases = cases
+        self.sampler = sampler
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch_size = int(batch_size)
+        self.is_slab = is_slab
+        self.seed = int(seed)
+        self.stream = STREAMS[stream]
+        self.augmentation = augmentation if augmentation is not None else NO_AUGMENTATION
+        self.foreground_fraction_min = foreground_fraction_min
+        self.background_keep_probability = background_keep_probability
+
+    def rng_for(self, index: int) -> np.random.Generator:
+        """The generator of batch ``index``."""
+        return np.random.default_rng([self.seed, self.stream, int(index)])
+
+    def make_batch(self, index: int) -> dict[str, Any]:
+        """Build batch ``index`` (deterministic)."""
+        rng = self.rng_for(index)
+        shape = (self.batch_size, 1, *self.patch_size)
+        batch: dict[str, Any] = {"source": np.empty(shape, np.float32), "target": np.empty(shape, np.float32),
+                                 "case_ids": [], "tasks": [], "source_descriptions": [],
+                                 "target_descriptions": [], "index": int(index)}
+        for b in range(self.batch_size):
+            pair = self.sampler.sample(rng)
+            data, mask = self.cases.arrays(pair.case_id)
+            start = choose_patch_start(mask, self.patch_size, rng, self.foreground_fraction_min,
+                                       self.background_keep_probability,
+                                       foreground_points=self.cases.foreground_points(pair.case_id))
+            spatial = sample_spatial(rng, self.augmentation, self.is_slab)
+            patch = extract_patch([data[pair.source_channel], data[pair.target_channel]], start,
+                                  self.patch_size, spatial)
+            batch["source"][b, 0] = augment_intensity(patch[0], rng, self.augmentation, self.is_slab)
+            batch["target"][b, 0] = patch[1]
+            info = self.cases.cases[pair.case_id]
+            batch["case_ids"].append(pair.case_id)
+            batch["tasks"].append(pair.task)
+            batch["source_descriptions"].append(info.descriptions[pair.source_channel])
+            batch["target_descriptions"].append(info.descriptions[pair.target_channel])
+        return batch
+
+
+class PatchLoader:
+    """Iterable of batches from a :class:`BatchBuilder`, with ``state_dict`` = the next batch index.
+
+    Args:
+        builder: the batch builder.
+        num_workers: 0 builds batches in the calling process; n > 0 uses n background processes.
+        num_batches: stop after this many batches per iteration (None: endless).
+        restart_each_iteration: every ``iter()`` starts again at batch 0 (validation).
+        prefetch: batches each worker may hold ready.
+    """
+
+    def __init__(self, builder: BatchBuilder, num_workers: int = 0, num_batches: int | None = None,
+                 restart_each_iteration: bool = False, prefetch: int = 2) -> None:
+        self.builder = builder
+        self.num_workers = int(num_workers)
+        self.num_batches = num_batches
+        self.restart_each_iteration = restart_each_iteration
+        self.prefetch = max(1, int(prefetch))
+        self.next_index = 0
+        self._pool: _WorkerPool | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"next_index": int}``."""
+        return {"next_index": self.next_index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at ``state["next_index"]``."""
+        self.next_index = int(state["next_index"])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.close()
+        if self.restart_each_iteration:
+            self.next_index = 0
+        if self.num_workers > 0:
+            self._pool = _WorkerPool(self.builder, self.num_workers, self.next_index, self.prefetch)
+        return self._batches(self._pool)
+
+    def _batches(self, pool: "_WorkerPool | None") -> Iterator[dict[str, Any]]:
+        produced = 0
+        while self.num_batches is None or produced < self.num_batches:
+            index = self.next_index
+            batch = pool.get(index) if pool is not None else self.builder.make_batch(index)
+            self.next_index = index + 1
+            produced += 1
+            yield batch
+
+    def close(self) -> None:
+        """Stop background workers (idempotent)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _worker_main(builder: BatchBuilder, first: int, step: int, out: Any, stop: Any, parent: int) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:  # noqa: BLE001 - torch is optional here
+        pass
+    index = first
+    while not stop.is_set() and os.getppid() == parent:
+        try:
+            message = ("batch", index, builder.make_batch(index))
+        except Exception:  # noqa: BLE001 - reported to the main process
+            message = ("error", index, traceback.format_exc())
+        while not stop.is_set() and os.getppid() == parent:
+            try:
+                out.put(message, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        if message[0] == "error":
+            return
+        index += step
+
+
+class _WorkerPool:
+    def __init__(self, builder: BatchBuilder, num_workers: int, start: int, prefetch: int) -> None:
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.start = start
+        self.stop = context.Event()
+        self.queues = [context.Queue(maxsize=prefetch) for _ in range(num_workers)]
+        self.processes = [
+            context.Process(target=_worker_main, args=(builder, start + w, num_workers, q, self.stop, os.getpid()),
+                            daemon=True, name=f"unisyn-loader-{w}")
+            for w, q in enumerate(self.queues)]
+        for process in self.processes:
+            process.start()
+
+    def get(self, index: int) -> dict[str, Any]:
+        worker = (index - self.start) % len(self.queues)
+        while True:
+            try:
+                kind, got, payload = self.queues[worker].get(timeout=1.0)
+            except queue.Empty:
+                if not self.processes[worker].is_alive():
+                    raise RuntimeError(f"data-loading worker {worker} died (exit code "
+                                       f"{self.processes[worker].exitcode}); rerun with --num_workers 0 to see why") from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"data-loading worker {worker} failed on batch {got}:\n{payload}")
+            if got != index:
+                raise RuntimeError(f"data-loading worker {worker} returned batch {got}, expected {index}")
+            return payload
+
+    def close(self) -> None:
+        self.stop.set()
+        for q in self.queues:
+            try:
+                while True:
+                    q.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                pass
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        for q in self.queues:
+            q.cancel_join_thread()
+            q.close()

@@ -1,0 +1,376 @@
+"""The trainer base: the epoch loop, checkpoints, resume, logging and progress plot, with small hooks.
+
+Subclasses override hooks, never the loop:
+
+==========================  =================================================================
+``plan_schedule()``         (num_epochs, iterations_per_epoch, validation_iterations, initial_lr)
+``build_network()``         the nn.Module (required)
+``build_losses()``          loss modules as attributes (optional)
+``build_optimizer()``       default Adam over trainable parameters at ``initial_lr``
+``build_lr_scheduler()``    default step decay (halved every third of training)
+``build_dataloaders()``     (train_iterable, val_iterable) (required); see below
+``train_step(batch)``       forward, :meth:`optimize`, return ``{"loss": ...}`` floats (required)
+``validation_step(batch)``  no-grad metrics ``{"loss": ..., "psnr": ...}`` (required)
+``on_train_start()``, ``on_epoch_start(epoch)``, ``on_epoch_end(epoch, logs)``, ``on_train_end()``
+``final_validation()``      after training (and for ``--val``); default does nothing
+``trainer_info()``          the dict written to ``trainer.json``; extend with ``super()``
+``write_model_folder()``    copies plans / dataset description into the model folder
+``extra_checkpoint_state()`` / ``load_extra_checkpoint_state(state)``: anything else to resume
+==========================  =================================================================
+
+Data contract: the train iterable is iterated once for the whole run (``next`` is called
+``iterations_per_epoch`` times per epoch); the validation iterable is iterated afresh every epoch
+(``validation_iterations`` batches at most). If the train iterable has ``state_dict()`` /
+``load_state_dict()`` they are saved in checkpoints and restored before iteration starts; a
+``close()`` method is called at the end. Logged keys are prefixed ``train_`` / ``val_``; the best
+checkpoint follows ``best_metric_key`` (default ``val_psnr``, maximised).
+
+Folders: ``output_folder`` is the model folder ``<Trainer>__<plans>__<configuration>``; this fold
+writes into ``output_folder / f"fold_{fold}"``. Checkpoints are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.io_utils import write_json_atomic
+from unisyn_v2.training.checkpointing import (
+    CHECKPOINT_FORMAT_VERSION, capture_rng_state, find_resume_checkpoint, load_checkpoint,
+    restore_rng_state, save_checkpoint_atomic, seed_everything,
+)
+from unisyn_v2.training.progress import ProgressLogger, format_epoch_line
+from unisyn_v2.training.schedule import StepDecayScheduler
+from unisyn_v2.training.settings import TrainerSettings
+
+logger = logging.getLogger(__name__)
+PACKAGE_LOGGER = "unisyn_v2"
+
+
+class TrainerBase:
+    """Owns the loop; subclasses provide the network, data and steps through the hooks above."""
+
+    short_name: ClassVar[str | None] = None  # registry name, written to trainer.json
+    best_metric_key: ClassVar[str] = "val_psnr"
+    best_metric_mode: ClassVar[str] = "max"  # "max" or "min"
+
+    def __init__(self, plans: Plans, configuration: str, fold: int | str, dataset_name: str,
+                 preprocessed_folder: Path, output_folder: Path, device: torch.device,
+                 settings: TrainerSettings | None = None) -> None:
+        self.plans = plans
+        self.configuration = configuration
+        self.fold: int | str = fold if fold == "all" else int(fold)
+        self.dataset_name = dataset_name
+        self.preprocessed_folder = Path(preprocessed_folder)
+        self.model_folder = Path(output_folder)
+        self.fold_folder = self.model_folder / f"fold_{self.fold}"
+        self.device = torch.device(device)
+        self.settings = settings or TrainerSettings()
+        epochs, iterations, val_iterations, lr = self.plan_schedule()
+        self.num_epochs = self.settings.num_epochs or epochs
+        self.iterations_per_epoch = self.settings.iterations_per_epoch or iterations
+        self.validation_iterations = self.settings.validation_iterations or val_iterations
+        self.initial_lr = lr
+        self.grad_clip = float(plans.training.grad_clip)
+        self.use_amp = self.device.type == "cuda"
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.network: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler: Any = None
+        self.train_loader: Iterable[Any] | None = None
+        self.val_loader: Iterable[Any] | None = None
+        self.current_epoch = 0
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.progress = ProgressLogger()
+        self.was_initialized = False
+
+    # ----------------------------------------------------------------- hooks
+    def plan_schedule(self) -> tuple[int, int, int, float]:
+        """(num_epochs, iterations_per_epoch, validation_iterations, initial_lr) from the plans."""
+        t = self.plans.training
+        return t.num_epochs, t.iterations_per_epoch, t.validation_iterations, t.initial_lr
+
+    def build_network(self) -> nn.Module:
+        """Return the network (on any device; the base moves it to ``self.device``)."""
+        raise NotImplementedError
+
+    def build_losses(self) -> None:
+        """Create loss modules as attributes."""
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the trainable parameters (the papers' optimiser)."""
+        assert self.network is not None
+        return torch.optim.Adam([p for p in self.network.parameters() if p.requires_grad], lr=self.initial_lr)
+
+    def build_lr_scheduler(self) -> Any:
+        """Step decay: lr halved every ``lr_halving_every_fraction`` of the epochs."""
+        assert self.optimizer is not None
+        return StepDecayScheduler(self.optimizer, self.initial_lr, self.num_epochs,
+                                  self.plans.training.lr_halving_every_fraction)
+
+    def build_dataloaders(self) -> tuple[Iterable[Any], Iterable[Any] | None]:
+        """(train_iterable, val_iterable or None)."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """One optimisation step; return float logs, at least ``loss``."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any) -> dict[str, float]:
+        """Metrics of one validation batch (called under no_grad, network in eval mode)."""
+        raise NotImplementedError
+
+    def on_train_start(self) -> None:
+        """Called once before the first epoch of this session."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch's training iterations."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Called after validation and before checkpointing; may add entries to ``logs``."""
+
+    def on_train_end(self) -> None:
+        """Called after the final checkpoint, before the final validation."""
+
+    def final_validation(self) -> dict[str, Any] | None:
+        """Validate the held-out cases with the full predictor; default: nothing."""
+        return None
+
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """More weights-only-safe state to store (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_checkpoint_state` stored."""
+
+    def trainer_info(self) -> dict[str, Any]:
+        """Content of ``trainer.json`` (extend in subclasses with ``{**super().trainer_info(), ...}``)."""
+        cls = type(self)
+        return {"trainer_class": f"{cls.__module__}:{cls.__qualname__}", "trainer_name": self.short_name or cls.__name__,
+                "dataset_name": self.dataset_name, "plans_name": self.plans.plans_name,
+                "configuration": self.configuration}
+
+    def write_model_folder(self) -> None:
+        """Copy plans, dataset description and fingerprint next to the folds; write trainer.json."""
+        self.model_folder.mkdir(parents=True, exist_ok=True)
+        self.plans.save(self.model_folder / "plans.json")
+        for name in ("dataset.json", "dataset_fingerprint.json"):
+            if (self.preprocessed_folder / name).is_file():
+                shutil.copyfile(self.preprocessed_folder / name, self.model_folder / name)
+        write_json_atomic(self.model_folder / "trainer.json", self.trainer_info())
+
+    # -------------------------------------------------------------- services
+    def initialize(self) -> None:
+        """Seed, build network, losses, optimiser, scheduler and data (idempotent)."""
+        if self.was_initialized:
+            return
+        seed_everything(self.settings.seed)
+        if self.settings.deterministic:
+            torch.use_deterministic_algorithms(True)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.network = self.build_network().to(self.device)
+        self.build_losses()
+        self.optimizer = self.build_optimizer()
+        self.lr_scheduler = self.build_lr_scheduler()
+        self.train_loader, self.val_loader = self.build_dataloaders()
+        self.was_initialized = True
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision on CUDA, a no-op elsewhere."""
+        if self.use_amp:
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """zero_grad, backward (scaled on CUDA), clip gradients at ``grad_clip`` on CUDA, step."""
+        assert self.optimizer is not None and self.network is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            if self.device.type != "cpu":
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            self.optimizer.step()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit."""
+        assert self.network is not None and self.optimizer is not None
+        loader_state = getattr(self.train_loader, "state_dict", None)
+        return {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "network_weights": self.network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "lr_scheduler_state": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "current_epoch": self.current_epoch,
+            "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "rng_state": capture_rng_state(),
+            "data_state": loader_state() if callable(loader_state) else None,
+            "progress": self.progress.state_dict(),
+            "trainer_info": self.trainer_info(),
+            "init_args": {"dataset_name": self.dataset_name, "plans_name": self.plans.plans_name,
+                          "configuration": self.configuration, "fold": str(self.fold), "seed": self.settings.seed},
+            "extra": self.extra_checkpoint_state(),
+        }
+
+    def save_checkpoint(self, name: str) -> Path:
+        """Write ``fold_folder / name`` atomically."""
+        path = save_checkpoint_atomic(self.fold_folder / name, self.checkpoint_state())
+        logger.debug("saved %s", path)
+        return path
+
+    def load_checkpoint(self, path: Path | str, restore_training_state: bool = True) -> dict[str, Any]:
+        """Load weights (and, by default, optimiser, scheduler, epoch, RNG and data state)."""
+        self.initialize()
+        path = Path(path) if Path(path).is_absolute() or Path(path).exists() else self.fold_folder / str(path)
+        state = load_checkpoint(path, map_location=self.device)
+        assert self.network is not None and self.optimizer is not None
+        self.network.load_state_dict(state["network_weights"])
+        if restore_training_state:
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            if self.lr_scheduler is not None and state.get("lr_scheduler_state") is not None:
+                self.lr_scheduler.load_state_dict(state["lr_scheduler_state"])
+            if self.grad_scaler is not None and state.get("grad_scaler_state"):
+                self.grad_scaler.load_state_dict(state["grad_scaler_state"])
+            self.current_epoch = int(state["current_epoch"])
+            self.best_metric, self.best_epoch = state.get("best_metric"), state.get("best_epoch")
+            self.progress.load_state_dict(state.get("progress") or {})
+            restore_rng_state(state["rng_state"])
+            loader_load = getattr(self.train_loader, "load_state_dict", None)
+            if callable(loader_load) and state.get("data_state") is not None:
+                loader_load(state["data_state"])
+            self.load_extra_checkpoint_state(state.get("extra") or {})
+        logger.info("loaded %s (epoch %d)", path, int(state["current_epoch"]))
+        return state
+
+    def load_pretrained_weights(self, path: Path) -> None:
+        """Initialise the network from another checkpoint's weights (shapes must match key by key)."""
+        assert self.network is not None
+        weights = load_checkpoint(path, map_location=self.device)["network_weights"]
+        own = self.network.state_dict()
+        bad = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+        if bad:
+            raise ValueError(f"pretrained weights {path}: shape mismatch for {bad[:5]}")
+        missing, unexpected = self.network.load_state_dict(weights, strict=False)
+        logger.info("pretrained weights from %s (missing %d keys, ignored %d keys)", path, len(missing), len(unexpected))
+
+    def _is_better(self, value: float) -> bool:
+        if not np.isfinite(value):
+            return False
+        if self.best_metric is None:
+            return True
+        return value > self.best_metric if self.best_metric_mode == "max" else value < self.best_metric
+
+    def run_epoch(self, epoch: int, train_iterator: Iterator[Any]) -> dict[str, float]:
+        """Train ``iterations_per_epoch`` steps, validate, return the epoch's mean logs."""
+        assert self.network is not None
+        start = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float("nan")
+        self.on_epoch_start(epoch)
+        self.network.train()
+        sums: dict[str, list[float]] = {}
+        for _ in range(self.iterations_per_epoch):
+            for key, value in self.train_step(next(train_iterator)).items():
+                sums.setdefault(f"train_{key}", []).append(float(value))
+        if self.val_loader is not None and self.validation_iterations > 0:
+            self.network.eval()
+            with torch.no_grad():
+                for _, batch in zip(range(self.validation_iterations), self.val_loader):
+                    for key, value in self.validation_step(batch).items():
+                        sums.setdefault(f"val_{key}", []).append(float(value))
+        logs = {key: float(np.nanmean(values)) if values else float("nan") for key, values in sums.items()}
+        logs["lr"] = lr
+        logs["epoch_time"] = time.perf_counter() - start
+        return logs
+
+    def run(self) -> dict[str, Any] | None:
+        """Train (or resume, or only validate) and return the final validation summary."""
+        handler = _attach_file_log(self.fold_folder / "training_log.txt")
+        try:
+            self.initialize()
+            if self.settings.validation_only:
+                self.load_checkpoint(self.fold_folder / "checkpoint_final.pth", restore_training_state=False)
+                return self.final_validation()
+            self.write_model_folder()
+            if self.settings.continue_training:
+                resume = find_resume_checkpoint(self.fold_folder)
+                if resume is None:
+                    logger.warning("--c: no checkpoint in %s; starting from scratch", self.fold_folder)
+                else:
+                    self.load_checkpoint(resume)
+            elif self.settings.pretrained_weights is not None:
+                self.load_pretrained_weights(self.settings.pretrained_weights)
+            self._train()
+            return self.final_validation() if self.settings.final_validation else None
+        finally:
+            for loader in (self.train_loader, self.val_loader):
+                close = getattr(loader, "close", None)
+                if callable(close):
+                    close()
+            _detach_file_log(handler)
+
+    def _train(self) -> None:
+        logger.info("%s: %s fold %s, %d epochs x %d iterations, device %s, starting at epoch %d",
+                    type(self).__name__, self.dataset_name, self.fold, self.num_epochs, self.iterations_per_epoch,
+                    self.device, self.current_epoch + 1)
+        assert self.train_loader is not None
+        train_iterator = iter(self.train_loader)
+        self.on_train_start()
+        for epoch in range(self.current_epoch, self.num_epochs):
+            logs = self.run_epoch(epoch, train_iterator)
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+            self.current_epoch = epoch + 1
+            self.on_epoch_end(epoch, logs)
+            self.progress.log_epoch(epoch, logs)
+            logger.info(format_epoch_line(epoch, self.num_epochs, logs))
+            value = logs.get(self.best_metric_key)
+            if value is not None and self._is_better(value):
+                self.best_metric, self.best_epoch = float(value), epoch
+                self.save_checkpoint("checkpoint_best.pth")
+                logger.info("new best %s %.4f", self.best_metric_key, value)
+            if self.current_epoch % self.settings.save_every == 0 or self.current_epoch == self.num_epochs:
+                self.save_checkpoint("checkpoint_latest.pth")
+            self.progress.plot(self.fold_folder / "progress.png", f"{type(self).__name__} fold {self.fold}")
+        if self.progress.num_epochs_logged and not (self.fold_folder / "progress.png").is_file():
+            self.progress.plot(self.fold_folder / "progress.png", f"{type(self).__name__} fold {self.fold}")
+        self.save_checkpoint("checkpoint_final.pth")
+        (self.fold_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
+        self.on_train_end()
+
+
+def _attach_file_log(path: Path) -> tuple[logging.Handler, int]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    package = logging.getLogger(PACKAGE_LOGGER)
+    previous = package.level
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    return handler, previous
+
+
+def _detach_file_log(attached: tuple[logging.Handler, int]) -> None:
+    handler, previous = attached
+    package = logging.getLogger(PACKAGE_LOGGER)
+    package.removeHandler(handler)
+    package.setLevel(previous)
+    handler.close()
