@@ -18,6 +18,12 @@ CONSOLE_SCRIPTS = [
     "unisyn_plan_experiment = unisyn_v2.cli.plan_and_preprocess:plan_experiment_main",
     "unisyn_preprocess = unisyn_v2.cli.plan_and_preprocess:preprocess_main",
     "unisyn_verify_dataset = unisyn_v2.cli.plan_and_preprocess:verify_main",
+    "unisyn_train = unisyn_v2.cli.train:main",
+    "unisyn_predict = unisyn_v2.cli.predict:main",
+    "unisyn_evaluate = unisyn_v2.cli.evaluate:main",
+    "unisyn_demo = unisyn_v2.cli.demo:main",
+    "unisyn_export_model = unisyn_v2.cli.model_sharing:export_main",
+    "unisyn_install_model = unisyn_v2.cli.model_sharing:install_main",
 ]
 
 setup(

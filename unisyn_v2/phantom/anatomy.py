@@ -96,7 +96,8 @@ def _draw_anatomy(rng: np.random.Generator, subject: PhantomSubject) -> _Anatomy
         layers=np.cumsum(thickness), csf_outer=csf_outer, brain_axes=brain_axes,
         shape_waves=(*_waves(rng, 6, (120.0, 250.0)), rng.uniform(1.0, 3.0)),
         fold_waves=_waves(rng, 24, (14.0, 28.0)), sulcal_depth=rng.uniform(10.0, 16.0),
-        sulcal_width=0.12 + 0.25 * ageing, gyral_width=rng.uniform(0.8, 1.0), cortex=rng.uniform(2.6, 3.2) - 0.5 * ageing,
+        sulcal_width=0.12 + 0.25 * ageing, gyral_width=rng.uniform(0.8, 1.0),
+        cortex=rng.uniform(2.6, 3.2) - 0.5 * ageing,
         fissure=1.0 + 1.5 * ageing, ventricle_scale=rng.uniform(0.85, 1.15) * (1.0 + 0.7 * ageing),
         lesions=lesions,
     )
@@ -135,12 +136,9 @@ def _grid_field(waves: tuple[np.ndarray, np.ndarray], a: _Anatomy, xs: np.ndarra
 
 
 def _label_points(p: np.ndarray, a: _Anatomy, shape_field: np.ndarray, fold_field: np.ndarray) -> np.ndarray:
-    """Tissue index for head-frame points ``p`` (3, n), painted from outside in on shrinking subsets."""
-    label = np.zeros(p.shape[1], dtype=np.uint8)
-    near = np.flatnonzero(_depth(p, a.head_axes + 8.0) > 0.0)  # everything else is air
-    p, fold_field = p[:, near], fold_field[near]
+    """Tissue index of head-frame points ``p`` (3, n), painted from outside in on shrinking subsets."""
     sub = np.zeros(p.shape[1], dtype=np.uint8)
-    depth = _depth(p, a.head_axes) + a.shape_waves[2] * shape_field[near] / 2.0
+    depth = _depth(p, a.head_axes) + a.shape_waves[2] * shape_field / 2.0
     for name, start, end in zip(("fat", "muscle", "bone", "marrow", "bone"), np.r_[0.0, a.layers[:-1]], a.layers):
         sub[(depth >= start) & (depth < end)] = _INDEX[name]
     inner = np.flatnonzero(depth >= a.layers[-1])
@@ -182,8 +180,7 @@ def _label_points(p: np.ndarray, a: _Anatomy, shape_field: np.ndarray, fold_fiel
         t_deep[ventricle & choroid] = _INDEX["choroid"]
     tissue[deep] = t_deep
     sub[inner] = tissue
-    label[near] = sub
-    return label
+    return sub
 
 
 def simulate_subject(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 64),
@@ -205,20 +202,25 @@ def simulate_subject(rng: np.random.Generator, shape: tuple[int, int, int] = (64
 
     xs, ys, zs = axis(nx, sx), axis(ny, sy), axis(nz, sz)
     counts = np.zeros((len(TISSUES), nz, ny, nx), dtype=np.float32)
-    rot_t = a.rotation.T.astype(np.float32)
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    for z0 in range(0, nz * s, _SLAB - _SLAB % s):
-        z_slab = zs[z0:z0 + _SLAB - _SLAB % s]
-        world = np.stack(np.broadcast_arrays(xx[None], yy[None], z_slab[:, None, None])).reshape(3, -1)
-        head = rot_t @ (world - a.shift.astype(np.float32)[:, None])
-        fields = (_grid_field(a.shape_waves[:2], a, xs, ys, z_slab), _grid_field(a.fold_waves, a, xs, ys, z_slab))
-        label = _label_points(head, a, *fields).reshape(len(z_slab) // s, s, ny, s, nx, s)
-        zi = z0 // s
-        n_coarse = label.shape[0] * ny * nx
-        coarse = np.arange(n_coarse, dtype=np.int64).reshape(label.shape[0], 1, ny, 1, nx, 1)
-        flat = (np.broadcast_to(coarse, label.shape) * len(TISSUES) + label).ravel()
-        binned = np.bincount(flat, minlength=n_coarse * len(TISSUES)).reshape(n_coarse, len(TISSUES))
-        counts[:, zi:zi + label.shape[0]] = binned.T.reshape(len(TISSUES), label.shape[0], ny, nx)
+    # Head frame = R^T (world - shift), evaluated per axis and broadcast (no (3, n) matrix product).
+    rot_t = a.rotation.T
+    offset = -(rot_t @ a.shift)
+    step = _SLAB - _SLAB % s
+    coarse_yx = ((np.arange(ny * s) // s)[:, None] * nx + (np.arange(nx * s) // s)[None, :]).astype(np.int64)
+    reach = 1.0 / (a.head_axes + 8.0) ** 2  # points beyond the head ellipsoid + 8 mm are air
+    for z0 in range(0, nz * s, step):
+        z_slab = zs[z0:z0 + step]
+        head = [np.float32(rot_t[i, 0]) * xs[None, None, :] + np.float32(rot_t[i, 1]) * ys[None, :, None]
+                + (np.float32(rot_t[i, 2]) * z_slab + np.float32(offset[i]))[:, None, None] for i in range(3)]
+        near = np.flatnonzero((head[0] ** 2 * reach[0] + head[1] ** 2 * reach[1] + head[2] ** 2 * reach[2]) < 1.0)
+        p = np.stack([h.ravel()[near] for h in head])
+        fields = (_grid_field(a.shape_waves[:2], a, xs, ys, z_slab)[near], _grid_field(a.fold_waves, a, xs, ys, z_slab)[near])
+        label = _label_points(p, a, *fields)
+        zi, nzc = z0 // s, len(z_slab) // s
+        coarse = ((np.arange(len(z_slab)) // s)[:, None, None] * (ny * nx) + coarse_yx[None]).ravel()[near]
+        binned = np.bincount(coarse * len(TISSUES) + label, minlength=nzc * ny * nx * len(TISSUES))
+        counts[:, zi:zi + nzc] = binned.reshape(nzc, ny, nx, len(TISSUES)).transpose(3, 0, 1, 2)
+    counts[TISSUES.index("air")] += float(s ** 3) - counts.sum(0)  # points skipped as far outside
     counts /= float(s ** 3)
     return {t: counts[i] for i, t in enumerate(TISSUES)}
 

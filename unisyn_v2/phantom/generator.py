@@ -39,7 +39,7 @@ PATTERNS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("T1w", "FLAIR", "FDG-PET", "AV45-PET"), 0.06), (("T1w", "AV45-PET", "TAU-PET"), 0.06),
     (("T1w", "T2star", "SWI"), 0.06), (("T1w", "FLAIR"), 0.04), (("T2w", "FLAIR"), 0.04), (("CT", "FDG-PET"), 0.04),
 )
-EXTRA_MODALITY_PROBABILITY = 0.08
+EXTRA_MODALITY_PROBABILITY = 0.04
 _SESSION_STREAM, _SUBJECT_STREAM, _ANATOMY_STREAM, _IMAGE_STREAM = 0, 1, 2, 100
 
 
@@ -131,7 +131,8 @@ def _validated_modalities(modalities: Sequence[str] | None) -> tuple[str, ...]:
     names = {get_modality(m).name for m in modalities}
     unsupported = sorted(names - set(PHANTOM_MODALITIES))
     if unsupported:
-        raise ValueError(f"the phantom cannot simulate {', '.join(unsupported)}; it simulates {', '.join(PHANTOM_MODALITIES)}")
+        raise ValueError(f"the phantom cannot simulate {', '.join(unsupported)}; "
+                         f"it simulates {', '.join(PHANTOM_MODALITIES)}")
     if len(names) < 2:
         raise ValueError(f"every case needs at least two modalities; got {sorted(names)}")
     return tuple(m for m in PHANTOM_MODALITIES if m in names)
@@ -161,11 +162,13 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
     allowed = _validated_modalities(modalities)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    maps_dir = None if tissue_maps_dir is None else Path(tissue_maps_dir)
+    maps_dir = None if tissue_maps_dir is None else Path(tissue_maps_dir).resolve()
     if maps_dir is not None:
         _cached_maps(maps_dir)  # fail before writing anything if the maps are unusable
-    context = _Context(output_dir, int(seed), int(num_cases), shape, voxel_size, allowed, skull_strip, maps_dir)  # type: ignore[arg-type]
+        logger.info("anatomy from tissue maps in %s; their grid replaces shape and voxel_size_mm", maps_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    context = _Context(output_dir, int(seed), int(num_cases), shape, voxel_size,  # type: ignore[arg-type]
+                       allowed, skull_strip, maps_dir)
     cases = map_cases(_write_case, context, list(range(num_cases)), num_processes, progress, "phantom")
     anatomy = (f"tissue maps from {maps_dir}" if maps_dir is not None
                else f"shape {list(shape)} (z, y, x), voxel size {list(voxel_size)} mm (x, y, z)")

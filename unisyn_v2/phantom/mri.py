@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 GAMMA_MHZ_PER_T = 42.577  # proton gyromagnetic ratio / 2 pi
 # Gadobutrol r1 relaxivity in plasma (1/(mM s)): 5.2 at 1.5 T, 5.0 at 3 T (Rohrer et al., Invest Radiol 2005).
 GD_R1_PER_MS = {1.5: 5.2e-3, 3.0: 5.0e-3}
-MPRAGE_PULSES_TO_CENTRE = 64  # readout pulses before the k-space centre (Deichmann et al., NeuroImage 2000)
+MPRAGE_PULSES_TO_CENTRE = 64  # readout pulses before the k-space centre (128-pulse train)
+MPRAGE_INVERSION_EFFICIENCY = 0.96  # adiabatic inversion (Deichmann et al., NeuroImage 2000)
 
 
 def spin_echo(pd: np.ndarray, t1: np.ndarray, t2: np.ndarray, tr: float, te: float) -> np.ndarray:
@@ -42,20 +43,27 @@ def spoiled_gre(pd: np.ndarray, t1: np.ndarray, t2s: np.ndarray, tr: float, te: 
 
 
 def mprage(pd: np.ndarray, t1: np.ndarray, t2s: np.ndarray, tr: float, te: float, ti: float, flip_deg: float) -> np.ndarray:
-    """Inversion-prepared gradient echo: the IR term at the start of the readout train, then the train
-    drives the magnetisation towards its spoiled-GRE steady state until the k-space centre.
+    """Inversion-prepared gradient echo (MPRAGE) in its steady state over repeated inversions.
 
-    TI is measured to the k-space centre (Siemens convention); the echo spacing follows the TE.
+    Per TR: inversion (efficiency 0.96), recovery until the readout train starts, a train of 2n
+    spoiled pulses spaced by ``2 TE + 2.5`` ms that drives Mz towards the GRE steady state, and
+    recovery until the next inversion. TI is measured to the k-space centre (pulse n; Siemens
+    convention) and the signal is sampled there (Deichmann et al., NeuroImage 2000;12:112).
     """
     a = np.deg2rad(flip_deg)
     spacing = 2.0 * te + 2.5  # ms between readout pulses
-    n = min(MPRAGE_PULSES_TO_CENTRE, int(0.5 * ti / spacing))
-    ti_start = ti - n * spacing
-    m_ir = 1.0 - 2.0 * np.exp(-ti_start / t1) + np.exp(-tr / t1)
-    e1 = np.exp(-spacing / t1)
-    m_ss = (1.0 - e1) / (1.0 - np.cos(a) * e1)
-    decay = (np.cos(a) * e1) ** n
-    m_centre = m_ss + (m_ir - m_ss) * decay
+    n = max(0, min(MPRAGE_PULSES_TO_CENTRE, int(0.9 * ti / spacing), int((tr - ti) / spacing)))
+    t_start = ti - n * spacing  # inversion to first readout pulse
+    t_delay = max(tr - t_start - 2 * n * spacing, 0.0)  # last readout pulse to the next inversion
+    e_start, e_delay = np.exp(-t_start / t1), np.exp(-t_delay / t1)
+    c = np.cos(a) * np.exp(-spacing / t1)  # per-pulse decay of the deviation from steady state
+    m_ss = (1.0 - np.exp(-spacing / t1)) / (1.0 - c)
+    # Mz before the inversion, x, is the fixed point of one TR: x = A - B x.
+    a_term = (1.0 - e_delay) + e_delay * (m_ss + ((1.0 - e_start) - m_ss) * c ** (2 * n))
+    b_term = e_delay * MPRAGE_INVERSION_EFFICIENCY * e_start * c ** (2 * n)
+    before_inversion = a_term / (1.0 + b_term)
+    m_start = (1.0 - e_start) - MPRAGE_INVERSION_EFFICIENCY * before_inversion * e_start
+    m_centre = m_ss + (m_start - m_ss) * c ** n
     return pd * np.sin(a) * np.abs(m_centre) * np.exp(-te / t2s)
 
 

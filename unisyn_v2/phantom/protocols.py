@@ -124,7 +124,9 @@ def nominal_protocol(modality_name: str, field_strength: float = 3.0) -> ImageMe
             "T2w": (4500.0, 100.0, None, 90.0), "PD": (3000.0, 20.0, None, 90.0),
             "FLAIR": (9000.0, 110.0, round(flair_null_ti(9000.0, field), 0), 90.0),
             "T2star": (35.0, 20.0, None, 15.0), "SWI": (35.0, 20.0, None, 15.0),
-        }[modality.name if modality.name != "T1CE" else "T1w"]
+        }.get(modality.name if modality.name != "T1CE" else "T1w")
+        if timing is None:
+            raise ValueError(f"no MR protocol for modality {modality.name!r}")
         tr, te, ti, flip = timing
         return ImageMetadata(field_strength=field, repetition_time=tr, echo_time=te, inversion_time=ti, flip_angle=flip)
     if modality.family is ModalityFamily.CT:

@@ -84,7 +84,8 @@ def _load_set(folder: Path) -> tuple[dict[str, np.ndarray], VolumeGeometry]:
         here = VolumeGeometry.of(image)
         if geometry is None:
             geometry = here
-        elif not np.allclose(here.spacing, geometry.spacing, atol=1e-3) or not np.allclose(here.origin, geometry.origin, atol=1e-2):
+        elif not (np.allclose(here.spacing, geometry.spacing, atol=1e-3)
+                  and np.allclose(here.origin, geometry.origin, atol=1e-2)):
             raise ValueError(f"{path}: geometry differs from the other tissue maps in {folder}")
         array = np.clip(sitk.GetArrayFromImage(image), 0.0, None).astype(np.float32)
         if maps and array.shape != next(iter(maps.values())).shape:
