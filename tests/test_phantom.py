@@ -305,3 +305,16 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert phantom_main([*args, "--overwrite", "--name", "Other", "--output_dir", str(tmp_path / "x")]) == 0
     assert json.loads((tmp_path / "x" / "dataset.json").read_text())["name"] == "Other"
     assert os.listdir(tmp_path / "raw") == ["Dataset007_Phantom"]
+
+
+def test_generated_protocols_always_pass_the_integrity_check(tmp_path: Path) -> None:
+    """Every drawn protocol is physically plausible (e.g. TE < TR for gradient echoes)."""
+    from unisyn_v2.dataset.integrity import verify_dataset_integrity
+    from unisyn_v2.phantom.protocols import draw_protocol
+
+    rng = np.random.default_rng(0)
+    for name in ("T1w", "T2w", "PD", "FLAIR", "T1CE", "SWI", "T2star", "CT", "FDG-PET", "AV45-PET", "TAU-PET"):
+        for _ in range(200):
+            assert draw_protocol(name, rng).problems() == [], name
+    root = generate_phantom_dataset(tmp_path / "Dataset009_Check", num_cases=6, seed=3, shape=(24, 24, 24), voxel_size_mm=(8.0, 8.0, 8.0))
+    assert verify_dataset_integrity(root) == []

@@ -84,7 +84,9 @@ def _mri_timing(name: str, rng: np.random.Generator, field: float) -> dict[str, 
         ti = round(flair_null_ti(tr, field) * float(rng.uniform(0.97, 1.03)), 0)
         return {"repetition_time": tr, "echo_time": te, "inversion_time": ti, "flip_angle": 90.0}
     if name in ("T2star", "SWI"):
-        return {"repetition_time": _u(rng, 20, 50, 1), "echo_time": _u(rng, 15, 25, 1), "flip_angle": 15.0}
+        tr = _u(rng, 20, 50, 1)
+        # the echo must be read out before the next excitation: TE stays at least 5 ms below TR
+        return {"repetition_time": tr, "echo_time": _u(rng, 15, min(25.0, tr - 5.0), 1), "flip_angle": 15.0}
     raise ValueError(f"no MR protocol for modality {name!r}")
 
 
