@@ -1,0 +1,298 @@
+"""UniSynPredictor: raw images in, synthesised target images (with the input's geometry) out.
+
+Prediction repeats training's preprocessing from the model folder alone (plans.json): the chosen
+source image is cropped, normalised and resampled like a training case, conditioned on its own and
+the target's descriptions, predicted by a Gaussian-weighted sliding window (fp32, tiles batched, the
+2.5D slabs stitched along z like any other axis, optional mirroring TTA at 2^n forward passes per
+tile), averaged over folds, and exported by :mod:`unisyn_v2.inference.export`.
+The command line (``unisyn_predict``) is a thin layer over :meth:`UniSynPredictor.predict`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unisyn_v2.dataset.ids import resolve_dataset_name
+from unisyn_v2.dataset.image_io import Geometry, read_image
+from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.inference.export import build_sidecar, export_prediction, output_paths, select_cases_to_run
+from unisyn_v2.inference.inputs import (
+    DescriptionSpec, InputCase, InputError, InputImage, choose_source, discover_cases, parse_description_spec,
+)
+from unisyn_v2.inference.sliding_window import sliding_window_predict
+from unisyn_v2.metadata.fields import ImageMetadata
+from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.networks.slice_adapter import SlicesAsChannels
+from unisyn_v2.paths import results_dir
+from unisyn_v2.preprocessing.case_preprocessor import normalizer_for, preprocess_case, with_header_voxel_size
+from unisyn_v2.preprocessing.normalization import NormalizationParameters
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+
+
+@dataclass
+class PredictionSettings:
+    """Sliding-window settings; ``use_mirroring`` costs 2^len(mirror_axes) forward passes per tile."""
+
+    step_size: float = 0.5
+    use_gaussian: bool = True
+    tile_batch_size: int = 4
+    use_mirroring: bool = False
+    mirror_axes: tuple[int, ...] | None = None  # None: in-plane (y, x) for 2.5D, all three axes for 3D
+    accumulate_on_device: bool = True
+    progress: bool = True
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
+    text = str(name)
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    device = torch.device(text)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("--device mps: MPS is not available; use --device cpu or auto")
+    return device
+
+
+def find_model_folder(dataset: str | int, trainer: str, configuration: str, plans_name: str = "unisynPlans") -> Path:
+    """``results/<Dataset>/<Trainer>[_<tasks>]__<plans>__<config>``; ``trainer``: short name, class name or dotted path."""
+    from unisyn_v2.training.registry import UnknownTrainerError, trainer_dotted_path
+
+    try:
+        class_name = trainer_dotted_path(trainer).rpartition(":")[2].rpartition(".")[2]
+    except UnknownTrainerError:
+        class_name = trainer
+    root = results_dir() / resolve_dataset_name(dataset)
+    folders = sorted(p for p in root.glob(f"*__{plans_name}__{configuration}") if p.is_dir()) if root.is_dir() else []
+    matches = [p for p in folders if p.name.split("__")[0] == class_name or p.name.split("__")[0].startswith(class_name + "_")]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        available = ", ".join(p.name for p in sorted(root.iterdir()) if p.is_dir()) if root.is_dir() else "none"
+        raise FileNotFoundError(f"no model folder for trainer {trainer!r} ({class_name}), plans {plans_name}, configuration "
+                                f"{configuration} in {root} (available: {available}); train it first or pass -m MODEL_FOLDER")
+    raise LookupError(f"trainer {trainer!r} matches several model folders ({', '.join(p.name for p in matches)}); pass -m")
+
+
+def available_folds(model_folder: Path, checkpoint_name: str = DEFAULT_CHECKPOINT) -> list[str]:
+    """The default ensemble: numbered folds holding the checkpoint, else ``all`` when it holds it."""
+    folds = [p.parent.name[len("fold_"):] for p in Path(model_folder).glob(f"fold_*/{checkpoint_name}")]
+    numbered = sorted((f for f in folds if f.isdigit()), key=int)
+    return numbered or [f for f in folds if f == "all"]
+
+
+def load_fold(model_folder: Path, fold: int | str, checkpoint_name: str, device: torch.device) -> tuple[Any, Any, dict[str, Any], Plans]:
+    """One fold through the trainers' loader (imported here: the training package may import inference)."""
+    from unisyn_v2.training.model_folder import load_trained_model
+
+    return load_trained_model(model_folder, fold, checkpoint_name, device)
+
+
+class UniSynPredictor:
+    """Predict targets from raw images with one or several (ensembled) networks of one model folder.
+
+    Args:
+        networks: one synthesis network per fold, called ``net(patch, source_emb, target_emb)`` and
+            returning ``SynthesisOutput`` (2.5D networks are wrapped in :class:`SlicesAsChannels`).
+        conditioner: ``embed(list[ImageDescription]) -> (B, text_dim)``.
+        plans, configuration: the model's plans and configuration name (``2.5d`` or ``3d``).
+        trainer_info: ``trainer.json`` content (modalities/tasks seen, typical metadata).
+    """
+
+    def __init__(self, networks: Sequence[nn.Module], conditioner: Any, plans: Plans, configuration: str,
+                 trainer_info: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
+                 settings: PredictionSettings | None = None, model_description: Mapping[str, Any] | None = None) -> None:
+        if not networks:
+            raise ValueError("UniSynPredictor needs at least one network")
+        self.plans = plans
+        self.configuration = plans.configuration(configuration)
+        self.device = resolve_device(device)
+        self.trainer_info = dict(trainer_info or {})
+        self.settings = settings or PredictionSettings()
+        self.conditioner = conditioner.to(self.device) if conditioner is not None and hasattr(conditioner, "to") else conditioner
+        self.networks = [self._prepare(net) for net in networks]
+        self.model_description = dict(model_description or {"configuration": configuration, "plans": plans.plans_name})
+
+    def _prepare(self, network: nn.Module) -> nn.Module:
+        if self.configuration.is_slab and not isinstance(network, SlicesAsChannels):
+            network = SlicesAsChannels(network)
+        return network.to(self.device).eval()
+
+    @classmethod
+    def from_model_folder(cls, model_folder: str | Path, folds: Iterable[int | str] | None = None,
+                          checkpoint_name: str = DEFAULT_CHECKPOINT, device: str | torch.device = "auto",
+                          settings: PredictionSettings | None = None) -> "UniSynPredictor":
+        """Load the given folds (default: every ``fold_*`` present) of a trained model folder."""
+        folder = Path(model_folder)
+        if not (folder / "plans.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder (no plans.json); pass the <Trainer>__<plans>__<config> folder")
+        fold_list = [str(f) for f in folds] if folds else available_folds(folder, checkpoint_name)
+        if not fold_list:
+            raise FileNotFoundError(f"{folder}: no fold_*/{checkpoint_name}; train a fold first or pick another --chk")
+        dev = resolve_device(device)
+        loaded = [load_fold(folder, int(fold) if fold.isdigit() else fold, checkpoint_name, dev) for fold in fold_list]
+        networks = [item[0] for item in loaded]
+        _, conditioner, info, plans = loaded[0]
+        configuration = str(info.get("configuration") or folder.name.split("__")[-1])
+        description = {"folder": str(folder.resolve()), "trainer": info.get("trainer_name"), "trainer_class": info.get("trainer_class"),
+                       "dataset": plans.dataset_name, "plans": plans.plans_name, "configuration": configuration,
+                       "folds": fold_list, "checkpoint": checkpoint_name, "conditioning": getattr(conditioner, "kind", None)}
+        return cls(networks, conditioner, plans, configuration, info, dev, settings, description)
+
+    # ------------------------------------------------------------ vocabulary
+    @property
+    def trained_modalities(self) -> list[str]:
+        """Modalities the model saw in training (trainer.json, else the plans)."""
+        return list(self.trainer_info.get("modalities") or self.plans.modalities)
+
+    @property
+    def trained_tasks(self) -> set[tuple[str, str]] | None:
+        """(source, target) pairs trained on, when trainer.json records them."""
+        tasks = self.trainer_info.get("tasks")
+        if not tasks:
+            return None
+        return {tuple(t.split("->")) if isinstance(t, str) else tuple(t) for t in tasks}  # type: ignore[misc]
+
+    def typical_metadata(self, modality: str) -> dict[str, Any]:
+        """Typical acquisition of a modality in the training set (what a bare name means)."""
+        typical = self.trainer_info.get("typical_metadata") or self.plans.typical_metadata
+        return dict(typical.get(modality, {}))
+
+    def resolve_target(self, target: str | Path | DescriptionSpec) -> DescriptionSpec:
+        """Parse and check a target: unknown modality -> error; unseen -> warning; no units -> error."""
+        spec = target if isinstance(target, DescriptionSpec) else parse_description_spec(target)
+        if spec.modality not in self.plans.normalization:
+            raise InputError(f"target {spec.modality}: the model's plans have no normalisation for it, so its units "
+                             f"cannot be restored; this model can synthesise {', '.join(self.trained_modalities)}")
+        codes = getattr(self.conditioner, "modalities", None)
+        if getattr(self.conditioner, "kind", None) == "onehot" and codes is not None and spec.modality not in codes:
+            raise InputError(f"target {spec.modality}: this one-hot model has no code for it; it knows {', '.join(codes)}")
+        targets = {t for _, t in self.trained_tasks or ()}
+        if self.conditioner is None and targets and spec.modality not in targets:
+            raise InputError(f"target {spec.modality}: this model takes no prompt and only synthesises {', '.join(sorted(targets))}")
+        if spec.modality not in self.trained_modalities:
+            logger.warning("target %s was never seen in training (seen: %s); the synthesis is an extrapolation",
+                           spec.modality, ", ".join(self.trained_modalities))
+        return spec
+
+    def describe_source(self, image: InputImage) -> ImageDescription:
+        """The source's description; an image with no metadata at all gets its modality's typical metadata."""
+        description = image.description
+        if not image.metadata_given:  # the voxel size stays the header's (filled by the caller)
+            typical = {k: v for k, v in self.typical_metadata(description.modality).items() if k != "voxel_size"}
+            logger.warning("%s: no metadata (no sidecar, no --source prompt/JSON); assuming the typical %s acquisition "
+                           "of the training set: %s", image.path.name, description.modality, typical or "none recorded")
+            description = replace(description, metadata=ImageMetadata.from_dict(typical).merged_with(description.metadata))
+        return description
+
+    def target_description(self, spec: DescriptionSpec, source: ImageDescription) -> ImageDescription:
+        """Target = spec (+ typical metadata) for the source's subject on the source's voxel grid."""
+        metadata = replace(spec.with_typical(self.typical_metadata(spec.modality)),
+                           voxel_size=spec.metadata.voxel_size or source.metadata.voxel_size)  # given, else the output grid's
+        return ImageDescription(spec.modality, metadata, spec.subject if spec.subject is not None else source.subject)
+
+    def _mirror_axes(self) -> tuple[int, ...]:
+        if self.settings.mirror_axes is not None:
+            return tuple(self.settings.mirror_axes)
+        if self.trainer_info.get("mirror_axes") is not None:
+            return tuple(int(a) for a in self.trainer_info["mirror_axes"])
+        return (1, 2) if self.configuration.is_slab else (0, 1, 2)
+
+    def predict_normalized(self, data: np.ndarray, source: ImageDescription, target: ImageDescription,
+                           pad_value: float = 0.0) -> np.ndarray:
+        """Fold-averaged sliding-window prediction (Z, Y, X) of a preprocessed (1, Z, Y, X) source."""
+        src = tgt = None
+        if self.conditioner is not None:  # None: a prompt-free baseline (U-Net)
+            with torch.inference_mode():
+                src = self.conditioner.embed([source]).to(self.device, torch.float32)
+                tgt = self.conditioner.embed([target]).to(self.device, torch.float32)
+        image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        total: torch.Tensor | None = None
+        for network in self.networks:
+            def forward(patch: torch.Tensor, net: nn.Module = network) -> torch.Tensor:
+                batch = patch.shape[0]
+                out = net(patch, None if src is None else src.expand(batch, -1), None if tgt is None else tgt.expand(batch, -1))
+                return getattr(out, "synthesis", out)
+
+            s = self.settings
+            prediction = sliding_window_predict(
+                image, forward, self.configuration.patch_size, step_size=s.step_size, use_gaussian=s.use_gaussian,
+                tile_batch_size=s.tile_batch_size, out_channels=1, device=self.device,
+                accumulate_on_device=s.accumulate_on_device, use_mirroring=s.use_mirroring,
+                mirror_axes=self._mirror_axes(), progress=s.progress, pad_value=pad_value,
+            )
+            total = prediction if total is None else total + prediction
+        assert total is not None
+        return (total[0] / len(self.networks)).numpy()
+
+    def predict_image(self, image: np.ndarray, geometry: Geometry, source: ImageDescription, target: ImageDescription,
+                      brain_mask: np.ndarray | None = None, case_id: str = "case",
+                      files: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Preprocess one source image like training and predict; returns (normalised prediction, properties)."""
+        if source.modality not in self.plans.normalization:
+            raise InputError(f"case {case_id}: source modality {source.modality} is unknown to this model "
+                             f"(planned: {', '.join(self.plans.normalization)}); pick another source with --source-image")
+        data, _mask, properties = preprocess_case([image], [source], geometry, self.plans, brain_mask, case_id, files)
+        params = NormalizationParameters.from_dict(properties["channels"][0]["normalization"])
+        normalizer = normalizer_for(self.plans, source.modality)
+        pad = float(normalizer.forward(np.array([normalizer.background_value], np.float32), params)[0])
+        return self.predict_normalized(data, source, target, pad_value=pad), properties
+
+    def settings_description(self) -> dict[str, Any]:
+        """Sliding-window settings for the sidecar."""
+        return {**asdict(self.settings), "mirror_axes": list(self._mirror_axes()), "device": str(self.device)}
+
+    def predict_case(self, case: InputCase, target: DescriptionSpec, output_folder: str | Path,
+                     source_image: str | Path | None = None) -> Path:
+        """Choose the source, predict, export ``<case>_<target>.nii.gz`` + sidecar; returns the image path."""
+        chosen = choose_source(case, target.modality, self.trained_tasks, self.trained_modalities, source_image)
+        image, geometry = read_image(chosen.path)
+        mask = read_image(case.brain_mask)[0] > 0 if case.brain_mask is not None else None
+        if mask is not None and mask.shape != geometry.shape_zyx:
+            logger.warning("case %s: brain mask %s has shape %s, the source %s has %s; mask ignored",
+                           case.case_id, case.brain_mask, mask.shape, chosen.path.name, geometry.shape_zyx)
+            mask = None
+        source = with_header_voxel_size(self.describe_source(chosen), geometry)
+        target_description = self.target_description(target, source)
+        logger.info("case %s: %s -> %s", case.case_id, chosen.path.name, target.modality)
+        prediction, properties = self.predict_image(image, geometry, source, target_description, mask, case.case_id, [str(chosen.path)])
+        image_path, _ = output_paths(Path(output_folder), case.case_id, target.modality)
+        sidecar = build_sidecar(case.case_id, target_description, [(chosen.path, source)], self.model_description,
+                                self.settings_description())
+        return export_prediction(prediction, properties, self.plans, target.modality, geometry, image_path, sidecar)[0]
+
+    def predict(self, inputs: Sequence[str | Path], output_folder: str | Path, target: str | Path | DescriptionSpec,
+                source: str | Path | DescriptionSpec | None = None, source_image: str | Path | None = None,
+                continue_prediction: bool = False, overwrite: bool = False) -> list[Path]:
+        """Predict every case found in ``inputs``; returns the written (or already finished) image paths."""
+        target_spec = self.resolve_target(target)
+        source_spec = source if source is None or isinstance(source, DescriptionSpec) else parse_description_spec(source)
+        cases = discover_cases(inputs, source_spec)
+        if source_image is not None and len(cases) > 1:
+            raise InputError(f"--source-image names one image but the inputs hold {len(cases)} cases; predict that case alone")
+        output_folder = Path(output_folder)
+        todo = set(select_cases_to_run([c.case_id for c in cases], output_folder, target_spec.modality, continue_prediction, overwrite))
+        logger.info("%d case(s) to predict -> %s (%d already finished)", len(todo), output_folder, len(cases) - len(todo))
+        written = []
+        for case in cases:
+            if case.case_id in todo:
+                written.append(self.predict_case(case, target_spec, output_folder, source_image))
+            else:
+                written.append(output_paths(output_folder, case.case_id, target_spec.modality)[0])
+        return written
+
