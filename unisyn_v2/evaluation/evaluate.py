@@ -76,6 +76,28 @@ def match_files(ref_files: list[Path], candidates: list[Path]) -> tuple[dict[str
     return result, unmatched
 
 
+MASK_SUFFIXES = ("_brainmask", "_mask")
+
+
+def match_masks(ref_files: list[Path], mask_files: list[Path]) -> dict[str, Path]:
+    """Map reference names to masks: ``<case>[_mask|_brainmask]`` serves every ``<case>_*`` reference."""
+    keys: dict[str, Path] = {}
+    for mask in mask_files:
+        stem = split_extension(mask.name)[0]
+        for suffix in MASK_SUFFIXES:
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        keys[stem] = mask
+    result: dict[str, Path] = {}
+    for ref in ref_files:
+        ref_stem = split_extension(ref.name)[0]
+        owners = [k for k in keys if ref_stem == k or ref_stem.startswith(k + "_")]
+        if owners:
+            result[ref.name] = keys[max(owners, key=len)]
+    return result
+
+
 def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     image = sitk.ReadImage(str(path))
     return sitk.GetArrayFromImage(image), tuple(image.GetSpacing())
@@ -161,7 +183,7 @@ def evaluate_folders(
         raise ValueError(f"no prediction in {pred_dir} matches a reference in {ref_dir}")
     masks: dict[str, Path] = {}
     if mask_dir is not None:
-        masks, _ = match_files(refs, _list_images(Path(mask_dir)))
+        masks = match_masks(refs, _list_images(Path(mask_dir)))
         lacking = [name for name in preds if name not in masks]
         if lacking:
             raise ValueError(f"no mask in {mask_dir} for references {lacking}")
