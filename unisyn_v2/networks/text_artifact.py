@@ -56,6 +56,11 @@ class FrozenTextEncoder(nn.Module):
         return self.encoder.text_projection.out_features
 
     @property
+    def text_projection(self) -> nn.Linear:
+        """The encoder's output projection (its ``out_features`` is the embedding size)."""
+        return self.encoder.text_projection
+
+    @property
     def context_length(self) -> int:
         """Longest token sequence."""
         return self.encoder.context_length
@@ -119,8 +124,8 @@ def save_text_encoder_artifact(folder: Path, tokenizer: MetadataTokenizer, text_
     kwargs = text_encoder_kwargs(encoder)
     if kwargs["vocab_size"] != tokenizer.vocab_size or kwargs["eot_token_id"] != tokenizer.eot_id \
             or kwargs["pad_token_id"] != tokenizer.pad_id or kwargs["context_length"] < tokenizer.context_length:
-        raise ValueError(f"text encoder ({kwargs}) does not match the tokenizer ({tokenizer!r}, eot {tokenizer.eot_id}, "
-                         f"pad {tokenizer.pad_id})")
+        raise ValueError(f"text encoder ({kwargs}) does not match the tokenizer ({tokenizer!r}, "
+                         f"eot {tokenizer.eot_id}, pad {tokenizer.pad_id})")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
@@ -138,7 +143,8 @@ def _missing_message(folder: Path) -> str:
             f"load the stage-1 text encoder, so train it first with: unisyn_train {dataset} neuroclip")
 
 
-def load_text_encoder_artifact(folder: Path, device: str | torch.device = "cpu") -> tuple[MetadataTokenizer, FrozenTextEncoder]:
+def load_text_encoder_artifact(folder: Path, device: str | torch.device = "cpu"
+                               ) -> tuple[MetadataTokenizer, FrozenTextEncoder]:
     """Read an artifact -> (tokenizer, frozen encoder in eval mode on ``device``).
 
     A missing folder or file raises FileNotFoundError saying which command writes it.
@@ -155,7 +161,8 @@ def load_text_encoder_artifact(folder: Path, device: str | torch.device = "cpu")
     tokenizer = MetadataTokenizer.load(folder / "tokenizer.json")
     kwargs = config["text_encoder_kwargs"]
     if kwargs.get("vocab_size") != tokenizer.vocab_size:
-        raise ValueError(f"{folder}: tokenizer vocabulary ({tokenizer.vocab_size}) != encoder vocab_size ({kwargs.get('vocab_size')})")
+        raise ValueError(f"{folder}: tokenizer vocabulary ({tokenizer.vocab_size}) != encoder vocab_size "
+                         f"({kwargs.get('vocab_size')})")
     encoder = build_text_encoder(kwargs)
     state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
     encoder.load_state_dict(state)

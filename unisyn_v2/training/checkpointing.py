@@ -8,6 +8,7 @@ over the old one, so a kill during the write leaves the previous checkpoint inta
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
@@ -95,3 +98,74 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+class CheckpointMixin:
+    """Checkpoint state of a :class:`~unisyn_v2.training.trainer_base.TrainerBase` (kept here for size).
+
+    Uses the trainer's ``network``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``train_loader``,
+    ``progress``, epoch / best-metric fields and the hooks ``trainer_info``,
+    ``extra_checkpoint_state`` and ``load_extra_checkpoint_state``.
+    """
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit."""
+        assert self.network is not None and self.optimizer is not None
+        loader_state = getattr(self.train_loader, "state_dict", None)
+        return {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "network_weights": self.network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "lr_scheduler_state": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "current_epoch": self.current_epoch,
+            "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "rng_state": capture_rng_state(),
+            "data_state": loader_state() if callable(loader_state) else None,
+            "progress": self.progress.state_dict(),
+            "trainer_info": self.trainer_info(),
+            "init_args": {"dataset_name": self.dataset_name, "plans_name": self.plans.plans_name,
+                          "configuration": self.configuration, "fold": str(self.fold), "seed": self.settings.seed},
+            "extra": self.extra_checkpoint_state(),
+        }
+
+    def save_checkpoint(self, name: str) -> Path:
+        """Write ``fold_folder / name`` atomically."""
+        path = save_checkpoint_atomic(self.fold_folder / name, self.checkpoint_state())
+        logger.debug("saved %s", path)
+        return path
+
+    def load_checkpoint(self, path: Path | str, restore_training_state: bool = True) -> dict[str, Any]:
+        """Load weights (and, by default, optimiser, scheduler, epoch, RNG and data state)."""
+        self.initialize()
+        path = Path(path) if Path(path).is_absolute() or Path(path).exists() else self.fold_folder / str(path)
+        state = load_checkpoint(path, map_location=self.device)
+        assert self.network is not None and self.optimizer is not None
+        self.network.load_state_dict(state["network_weights"])
+        if restore_training_state:
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            if self.lr_scheduler is not None and state.get("lr_scheduler_state") is not None:
+                self.lr_scheduler.load_state_dict(state["lr_scheduler_state"])
+            if self.grad_scaler is not None and state.get("grad_scaler_state"):
+                self.grad_scaler.load_state_dict(state["grad_scaler_state"])
+            self.current_epoch = int(state["current_epoch"])
+            self.best_metric, self.best_epoch = state.get("best_metric"), state.get("best_epoch")
+            self.progress.load_state_dict(state.get("progress") or {})
+            restore_rng_state(state["rng_state"])
+            loader_load = getattr(self.train_loader, "load_state_dict", None)
+            if callable(loader_load) and state.get("data_state") is not None:
+                loader_load(state["data_state"])
+            self.load_extra_checkpoint_state(state.get("extra") or {})
+        logger.info("loaded %s (epoch %d)", path, int(state["current_epoch"]))
+        return state
+
+    def load_pretrained_weights(self, path: Path) -> None:
+        """Initialise the network from another checkpoint's weights (shapes must match key by key)."""
+        assert self.network is not None
+        weights = load_checkpoint(path, map_location=self.device)["network_weights"]
+        own = self.network.state_dict()
+        bad = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+        if bad:
+            raise ValueError(f"pretrained weights {path}: shape mismatch for {bad[:5]}")
+        missing, unexpected = self.network.load_state_dict(weights, strict=False)
+        logger.info("pretrained weights from %s (missing %d keys, ignored %d keys)", path, len(missing), len(unexpected))

@@ -133,7 +133,8 @@ def parameter_sensitivity(typical: dict[str, dict[str, Any]], embed_texts: Calla
         "tr": ("repetition_time", [v for v in TR_SWEEP_MS if v > te], {"echo_time": te}),
     }
     for name, (field, values, fixed) in sweeps.items():
-        prompts = [build_prompt(modality, ImageMetadata.from_dict({**base, **fixed, field: v}), subject_meta) for v in values]
+        prompts = [build_prompt(modality, ImageMetadata.from_dict({**base, **fixed, field: v}), subject_meta)
+                   for v in values]
         for key, value in _sweep_metrics(values, embed_texts(prompts)).items():
             out[f"{name}_{key}"] = value
         out[f"{name}_values_ms"] = list(values)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+PACKAGE_LOGGER = "unisyn_v2"
 
 
 class ProgressLogger:
@@ -95,3 +96,26 @@ def format_epoch_line(epoch: int, num_epochs: int, logs: dict[str, float]) -> st
         parts.append(f"{key} {value:.2e}" if key == "lr" else f"{key} {value:.4g}")
     time_text = f", {logs['epoch_time']:.1f} s" if "epoch_time" in logs else ""
     return f"epoch {epoch + 1}/{num_epochs}: " + ", ".join(parts) + time_text
+
+
+def attach_file_log(path: Path) -> tuple[logging.Handler, int]:
+    """Append the package log (INFO and up) to ``path`` until :func:`detach_file_log`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    package = logging.getLogger(PACKAGE_LOGGER)
+    previous = package.level
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    return handler, previous
+
+
+def detach_file_log(attached: tuple[logging.Handler, int]) -> None:
+    """Undo :func:`attach_file_log`."""
+    handler, previous = attached
+    package = logging.getLogger(PACKAGE_LOGGER)
+    package.removeHandler(handler)
+    package.setLevel(previous)
+    handler.close()

@@ -50,6 +50,7 @@ class TrainerSettings:
         save_every: write checkpoint_latest every this many epochs (and always after the last one).
         final_validation: run the sliding-window validation of the held-out cases at the end.
         max_validation_cases: cap the number of held-out cases in the final validation.
+        validation_figures: cap the example PNGs of the final validation (None: one per task).
         deterministic: ``torch.use_deterministic_algorithms(True)`` (slower on CUDA).
     """
 
@@ -66,6 +67,7 @@ class TrainerSettings:
     save_every: int = 1
     final_validation: bool = True
     max_validation_cases: int | None = None
+    validation_figures: int | None = None
     deterministic: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 

@@ -44,24 +44,23 @@ from torch import nn
 
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.io_utils import write_json_atomic
-from unisyn_v2.training.checkpointing import (
-    CHECKPOINT_FORMAT_VERSION, capture_rng_state, find_resume_checkpoint, load_checkpoint,
-    restore_rng_state, save_checkpoint_atomic, seed_everything,
-)
-from unisyn_v2.training.progress import ProgressLogger, format_epoch_line
+from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkpoint, seed_everything
+from unisyn_v2.training.progress import ProgressLogger, attach_file_log, detach_file_log, format_epoch_line
 from unisyn_v2.training.schedule import StepDecayScheduler
 from unisyn_v2.training.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
-PACKAGE_LOGGER = "unisyn_v2"
 
 
-class TrainerBase:
+class TrainerBase(CheckpointMixin):
     """Owns the loop; subclasses provide the network, data and steps through the hooks above."""
 
     short_name: ClassVar[str | None] = None  # registry name, written to trainer.json
     best_metric_key: ClassVar[str] = "val_psnr"
     best_metric_mode: ClassVar[str] = "max"  # "max" or "min"
+    default_configuration: ClassVar[str | None] = None  # None: the plans' default configuration
+    default_fold: ClassVar[int | str] = 0
+    plot_every_s: ClassVar[float] = 30.0  # redraw progress.png at most this often (and after the last epoch)
 
     def __init__(self, plans: Plans, configuration: str, fold: int | str, dataset_name: str,
                  preprocessed_folder: Path, output_folder: Path, device: torch.device,
@@ -93,6 +92,11 @@ class TrainerBase:
         self.best_epoch: int | None = None
         self.progress = ProgressLogger()
         self.was_initialized = False
+
+    @classmethod
+    def model_folder_name(cls, plans_name: str, configuration: str, settings: TrainerSettings | None = None) -> str:
+        """``<Class>__<plans>__<configuration>`` (the model folder under results/<Dataset>/)."""
+        return f"{cls.__name__}__{plans_name}__{configuration}"
 
     # ----------------------------------------------------------------- hooks
     def plan_schedule(self) -> tuple[int, int, int, float]:
@@ -208,73 +212,9 @@ class TrainerBase:
                 torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
             self.optimizer.step()
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to resume bit-for-bit."""
-        assert self.network is not None and self.optimizer is not None
-        loader_state = getattr(self.train_loader, "state_dict", None)
-        return {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "network_weights": self.network.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "lr_scheduler_state": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "current_epoch": self.current_epoch,
-            "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-            "rng_state": capture_rng_state(),
-            "data_state": loader_state() if callable(loader_state) else None,
-            "progress": self.progress.state_dict(),
-            "trainer_info": self.trainer_info(),
-            "init_args": {"dataset_name": self.dataset_name, "plans_name": self.plans.plans_name,
-                          "configuration": self.configuration, "fold": str(self.fold), "seed": self.settings.seed},
-            "extra": self.extra_checkpoint_state(),
-        }
-
-    def save_checkpoint(self, name: str) -> Path:
-        """Write ``fold_folder / name`` atomically."""
-        path = save_checkpoint_atomic(self.fold_folder / name, self.checkpoint_state())
-        logger.debug("saved %s", path)
-        return path
-
-    def load_checkpoint(self, path: Path | str, restore_training_state: bool = True) -> dict[str, Any]:
-        """Load weights (and, by default, optimiser, scheduler, epoch, RNG and data state)."""
-        self.initialize()
-        path = Path(path) if Path(path).is_absolute() or Path(path).exists() else self.fold_folder / str(path)
-        state = load_checkpoint(path, map_location=self.device)
-        assert self.network is not None and self.optimizer is not None
-        self.network.load_state_dict(state["network_weights"])
-        if restore_training_state:
-            self.optimizer.load_state_dict(state["optimizer_state"])
-            if self.lr_scheduler is not None and state.get("lr_scheduler_state") is not None:
-                self.lr_scheduler.load_state_dict(state["lr_scheduler_state"])
-            if self.grad_scaler is not None and state.get("grad_scaler_state"):
-                self.grad_scaler.load_state_dict(state["grad_scaler_state"])
-            self.current_epoch = int(state["current_epoch"])
-            self.best_metric, self.best_epoch = state.get("best_metric"), state.get("best_epoch")
-            self.progress.load_state_dict(state.get("progress") or {})
-            restore_rng_state(state["rng_state"])
-            loader_load = getattr(self.train_loader, "load_state_dict", None)
-            if callable(loader_load) and state.get("data_state") is not None:
-                loader_load(state["data_state"])
-            self.load_extra_checkpoint_state(state.get("extra") or {})
-        logger.info("loaded %s (epoch %d)", path, int(state["current_epoch"]))
-        return state
-
-    def load_pretrained_weights(self, path: Path) -> None:
-        """Initialise the network from another checkpoint's weights (shapes must match key by key)."""
-        assert self.network is not None
-        weights = load_checkpoint(path, map_location=self.device)["network_weights"]
-        own = self.network.state_dict()
-        bad = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-        if bad:
-            raise ValueError(f"pretrained weights {path}: shape mismatch for {bad[:5]}")
-        missing, unexpected = self.network.load_state_dict(weights, strict=False)
-        logger.info("pretrained weights from %s (missing %d keys, ignored %d keys)", path, len(missing), len(unexpected))
-
     def _is_better(self, value: float) -> bool:
-        if not np.isfinite(value):
-            return False
-        if self.best_metric is None:
-            return True
+        if not np.isfinite(value) or self.best_metric is None:
+            return bool(np.isfinite(value))
         return value > self.best_metric if self.best_metric_mode == "max" else value < self.best_metric
 
     def run_epoch(self, epoch: int, train_iterator: Iterator[Any]) -> dict[str, float]:
@@ -301,7 +241,7 @@ class TrainerBase:
 
     def run(self) -> dict[str, Any] | None:
         """Train (or resume, or only validate) and return the final validation summary."""
-        handler = _attach_file_log(self.fold_folder / "training_log.txt")
+        handler = attach_file_log(self.fold_folder / "training_log.txt")
         try:
             self.initialize()
             if self.settings.validation_only:
@@ -318,12 +258,15 @@ class TrainerBase:
                 self.load_pretrained_weights(self.settings.pretrained_weights)
             self._train()
             return self.final_validation() if self.settings.final_validation else None
+        except KeyboardInterrupt:
+            logger.error("interrupted in epoch %d; continue with the same command plus --c", self.current_epoch + 1)
+            raise
         finally:
             for loader in (self.train_loader, self.val_loader):
                 close = getattr(loader, "close", None)
                 if callable(close):
                     close()
-            _detach_file_log(handler)
+            detach_file_log(handler)
 
     def _train(self) -> None:
         logger.info("%s: %s fold %s, %d epochs x %d iterations, device %s, starting at epoch %d",
@@ -331,6 +274,7 @@ class TrainerBase:
                     self.device, self.current_epoch + 1)
         assert self.train_loader is not None
         train_iterator = iter(self.train_loader)
+        last_plot = -float("inf")
         self.on_train_start()
         for epoch in range(self.current_epoch, self.num_epochs):
             logs = self.run_epoch(epoch, train_iterator)
@@ -347,30 +291,9 @@ class TrainerBase:
                 logger.info("new best %s %.4f", self.best_metric_key, value)
             if self.current_epoch % self.settings.save_every == 0 or self.current_epoch == self.num_epochs:
                 self.save_checkpoint("checkpoint_latest.pth")
-            self.progress.plot(self.fold_folder / "progress.png", f"{type(self).__name__} fold {self.fold}")
-        if self.progress.num_epochs_logged and not (self.fold_folder / "progress.png").is_file():
-            self.progress.plot(self.fold_folder / "progress.png", f"{type(self).__name__} fold {self.fold}")
+            if time.monotonic() - last_plot >= self.plot_every_s or self.current_epoch == self.num_epochs:
+                self.progress.plot(self.fold_folder / "progress.png", f"{type(self).__name__} fold {self.fold}")
+                last_plot = time.monotonic()
         self.save_checkpoint("checkpoint_final.pth")
         (self.fold_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
         self.on_train_end()
-
-
-def _attach_file_log(path: Path) -> tuple[logging.Handler, int]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    handler.setLevel(logging.INFO)
-    package = logging.getLogger(PACKAGE_LOGGER)
-    previous = package.level
-    if package.getEffectiveLevel() > logging.INFO:
-        package.setLevel(logging.INFO)
-    package.addHandler(handler)
-    return handler, previous
-
-
-def _detach_file_log(attached: tuple[logging.Handler, int]) -> None:
-    handler, previous = attached
-    package = logging.getLogger(PACKAGE_LOGGER)
-    package.removeHandler(handler)
-    package.setLevel(previous)
-    handler.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import traceback
 from typing import Any, Iterator
 
@@ -32,8 +33,9 @@ class BatchBuilder:
     """Builds batch ``index``: for each item a case and (source, target) pair, one patch, augmentation.
 
     Batch dict: ``source``/``target`` float32 (B, 1, *patch_size) (2.5D: patch (k, H, W)),
-    ``case_ids``, ``tasks`` (``"T1w->CT"``), ``source_descriptions``/``target_descriptions``
-    (ImageDescription lists) and ``index``.
+    ``source_clean`` (the source before intensity augmentation, the ground truth of the reverse
+    direction), ``mask`` (uint8 brain mask, warped with the images), ``case_ids``, ``tasks``
+    (``"T1w->CT"``), ``source_descriptions`` / ``target_descriptions`` (ImageDescription lists), ``index``.
     """
 
     def __init__(self, cases: CaseCollection, sampler: PairSampler, patch_size: tuple[int, int, int],
@@ -60,6 +62,7 @@ class BatchBuilder:
         rng = self.rng_for(index)
         shape = (self.batch_size, 1, *self.patch_size)
         batch: dict[str, Any] = {"source": np.empty(shape, np.float32), "target": np.empty(shape, np.float32),
+                                 "source_clean": np.empty(shape, np.float32), "mask": np.empty(shape, np.uint8),
                                  "case_ids": [], "tasks": [], "source_descriptions": [],
                                  "target_descriptions": [], "index": int(index)}
         for b in range(self.batch_size):
@@ -69,9 +72,11 @@ class BatchBuilder:
                                        self.background_keep_probability,
                                        foreground_points=self.cases.foreground_points(pair.case_id))
             spatial = sample_spatial(rng, self.augmentation, self.is_slab)
-            patch = extract_patch([data[pair.source_channel], data[pair.target_channel]], start,
+            patch = extract_patch([data[pair.source_channel], data[pair.target_channel], mask], start,
                                   self.patch_size, spatial)
             batch["source"][b, 0] = augment_intensity(patch[0], rng, self.augmentation, self.is_slab)
+            batch["source_clean"][b, 0] = patch[0]
+            batch["mask"][b, 0] = patch[2] > 0.5
             batch["target"][b, 0] = patch[1]
             info = self.cases.cases[pair.case_id]
             batch["case_ids"].append(pair.case_id)
@@ -141,6 +146,10 @@ class PatchLoader:
 
 
 def _worker_main(builder: BatchBuilder, first: int, step: int, out: Any, stop: Any, parent: int) -> None:
+    # Exit without waiting for the queue's feeder thread: after the parent dies (kill -9) nobody reads
+    # the pipe, and a worker that waited for it to drain would live on as an orphan.
+    out.cancel_join_thread()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it stops us
     try:
         import torch
 
@@ -194,13 +203,10 @@ class _WorkerPool:
             return payload
 
     def close(self) -> None:
+        # No draining: a worker may exit in the middle of writing a batch (its feeder thread is
+        # cancelled), and reading that half-written message would block forever. Workers notice
+        # ``stop`` within 0.5 s (their puts time out), so joining is enough; stragglers are terminated.
         self.stop.set()
-        for q in self.queues:
-            try:
-                while True:
-                    q.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                pass
         for process in self.processes:
             process.join(timeout=5)
             if process.is_alive():

@@ -1,0 +1,95 @@
+"""Stage-2 losses and the patch metrics logged during training.
+
+UniSyn's cyclic objective: in each iteration the source synthesises the target and the target the
+source; ``L_f = L1(f0_source, f0_target)`` pulls the two anatomy features together and
+``L_s = L1(target_hat, target) + L1(source_hat, source)``; ``L = lambda_f L_f + lambda_s L_s``
+(0.1 and 1.0). The paper writes sums; means are used here so the weights do not depend on patch or
+feature size (the ratio of the two terms is what the lambdas set).
+
+Synthesis terms take an optional voxel weight (:func:`brain_weight`): 1 inside the brain mask and
+``background_weight`` outside. Metrics are computed in the brain (as the evaluation is), and the
+background of non-skull-stripped data (scalp, bone, air after an MRI normalisation that depends on
+the brain's own percentiles) is partly unpredictable, so letting it dominate the L1 wastes capacity.
+With ``background_weight = 1`` the loss is the paper's plain L1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def brain_weight(mask: torch.Tensor, background_weight: float) -> torch.Tensor:
+    """Voxel weights: 1 in the brain mask, ``background_weight`` elsewhere (float, mask's shape)."""
+    mask = mask.float()
+    return mask + background_weight * (1.0 - mask)
+
+
+def weighted_l1(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error, weighted per voxel when ``weight`` is given (sum(w |e|) / sum(w))."""
+    error = (prediction.float() - target.float()).abs()
+    if weight is None:
+        return error.mean()
+    weight = weight.expand_as(error)
+    return (weight * error).sum() / weight.sum().clamp_min(1e-8)
+
+
+@dataclass(frozen=True)
+class CyclicLossTerms:
+    """The total loss and its parts (tensors, so the total can be back-propagated)."""
+
+    total: torch.Tensor
+    feature: torch.Tensor
+    synthesis: torch.Tensor
+
+
+class GFMCyclicLoss(torch.nn.Module):
+    """``lambda_f * L1(f0_s, f0_t) + lambda_s * (L1(t_hat, t) + L1(s_hat, s))``.
+
+    Args:
+        lambda_feature: weight of the anatomy-consistency term (UniSyn: 0.1).
+        lambda_synthesis: weight of the synthesis term (UniSyn: 1.0).
+    """
+
+    def __init__(self, lambda_feature: float = 0.1, lambda_synthesis: float = 1.0) -> None:
+        super().__init__()
+        self.lambda_feature = float(lambda_feature)
+        self.lambda_synthesis = float(lambda_synthesis)
+
+    def forward(self, target_hat: torch.Tensor, target: torch.Tensor, source_hat: torch.Tensor,
+                source: torch.Tensor, anatomy_source: torch.Tensor, anatomy_target: torch.Tensor,
+                weight: torch.Tensor | None = None) -> CyclicLossTerms:
+        feature = F.l1_loss(anatomy_source.float(), anatomy_target.float())
+        synthesis = weighted_l1(target_hat, target, weight) + weighted_l1(source_hat, source, weight)
+        total = self.lambda_feature * feature + self.lambda_synthesis * synthesis
+        return CyclicLossTerms(total, feature, synthesis)
+
+
+def patch_psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of per-sample PSNR (dB) on the normalised scale (in ``mask`` when it has
+    voxels); capped at 100 dB."""
+    squared = ((prediction.float() - target.float()) ** 2).flatten(1)
+    if mask is None:
+        mse = squared.mean(1)
+    else:
+        m = mask.float().expand_as(prediction).flatten(1)
+        inside = m.sum(1)
+        mse = torch.where(inside > 0, (squared * m).sum(1) / inside.clamp_min(1), squared.mean(1))
+    return (10 * torch.log10(data_range**2 / mse.clamp_min(1e-10))).clamp_max(100.0).mean()
+
+
+def patch_ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, window: int = 7) -> torch.Tensor:
+    """Mean 2D SSIM over every (y, x) slice of (B, C, *spatial) patches (uniform window, no border)."""
+    x = prediction.float().flatten(0, -3).unsqueeze(1)  # (N, 1, H, W)
+    y = target.float().flatten(0, -3).unsqueeze(1)
+    if min(x.shape[-2:]) < window:
+        window = max(1, min(x.shape[-2:]) // 2 * 2 - 1)
+    pool = lambda v: F.avg_pool2d(v, window, stride=1)  # noqa: E731
+    ux, uy = pool(x), pool(y)
+    vx, vy, vxy = pool(x * x) - ux * ux, pool(y * y) - uy * uy, pool(x * y) - ux * uy
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return ssim.mean()

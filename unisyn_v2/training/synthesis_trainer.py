@@ -1,0 +1,237 @@
+"""The shared stage-2 trainer: plans -> network, conditioning, (source, target) patch data, L1 steps.
+
+Subclasses choose ``network_kind`` (factory kind: gfm, crossattn, unet), ``conditioning`` (text: the
+frozen NeuroCLIP encoder; onehot; none), ``both_directions`` (each item also trains target -> source)
+and ``single_task`` (needs exactly one task in the filter). :class:`GFMTrainer` replaces the step by
+the cyclic one. The network is built by the static :meth:`SynthesisTrainer.build_network_from_plans`,
+which prediction calls too (through ``model_folder.load_trained_model``).
+
+Layout: batches are (B, 1, *patch); a 2.5D network sees (B, k, H, W) (:meth:`to_net`); for the
+volume-level sliding window the network is wrapped in ``SlicesAsChannels`` (:func:`volume_network`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases, make_splits, validate_splits
+from unisyn_v2.io_utils import read_json, write_json_atomic
+from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
+from unisyn_v2.networks.factory import build_synthesis_network
+from unisyn_v2.networks.slice_adapter import SlicesAsChannels
+from unisyn_v2.networks.text_artifact import (
+    ARTIFACT_FOLDER_NAME, copy_text_encoder_artifact, load_text_encoder_artifact, neuroclip_model_folder,
+)
+from unisyn_v2.preprocessing.case_store import preprocessed_case_ids
+from unisyn_v2.training.data.augmentation import AugmentationParams
+from unisyn_v2.training.data.cases import CaseCollection
+from unisyn_v2.training.data.loader import BatchBuilder, PatchLoader
+from unisyn_v2.training.data.pair_sampler import PairSampler
+from unisyn_v2.training.losses import brain_weight, patch_psnr, patch_ssim, weighted_l1
+from unisyn_v2.training.settings import TrainerSettings, task_key
+from unisyn_v2.training.trainer_base import TrainerBase
+
+logger = logging.getLogger(__name__)
+
+
+def volume_network(network: nn.Module, is_slab: bool) -> nn.Module:
+    """The network as the sliding window calls it: (B, 1, *patch) in and out."""
+    return SlicesAsChannels(network) if is_slab else network
+
+
+class SynthesisTrainer(TrainerBase):
+    """Base of the GFM, cross-attention, one-hot and U-Net trainers (plain L1, both directions)."""
+
+    network_kind: ClassVar[str] = "gfm"
+    conditioning: ClassVar[str] = "text"  # text | onehot | none
+    both_directions: ClassVar[bool] = True
+    single_task: ClassVar[bool] = False
+    background_weight: ClassVar[float] = 0.1  # L1 weight outside the brain mask (1.0: the paper's plain L1)
+
+    def __init__(self, plans: Plans, configuration: str, fold: int | str, dataset_name: str,
+                 preprocessed_folder: Path, output_folder: Path, device: torch.device,
+                 settings: TrainerSettings | None = None) -> None:
+        super().__init__(plans, configuration, fold, dataset_name, preprocessed_folder, output_folder, device, settings)
+        self.config = plans.configuration(configuration)
+        self.is_slab = self.config.is_slab
+        self.patch_size = tuple(int(p) for p in self.config.patch_size)
+        self.batch_size = self.settings.batch_size or self.config.batch_size
+        self.tasks = self.settings.tasks
+        if self.single_task and (self.tasks is None or len(self.tasks) != 1):
+            raise ValueError(f"{type(self).__name__} trains one task: pass exactly one, e.g. --tasks T1w->CT")
+        self.data_folder = self.preprocessed_folder / self.config.data_identifier
+        self.train_cases, self.val_cases = self.split_cases()
+        self.conditioner: Any = None
+        self.final_summary: dict[str, Any] | None = None
+        self._typical_metadata: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def model_folder_name(cls, plans_name: str, configuration: str, settings: TrainerSettings | None = None) -> str:
+        """``<Class>[_<tasks>]__<plans>__<configuration>``: a task filter gets its own model folder."""
+        tasks = settings.tasks if settings is not None else None
+        suffix = "_" + "+".join(f"{s}-to-{t}" for s, t in tasks) if tasks else ""
+        return f"{cls.__name__}{suffix}__{plans_name}__{configuration}"
+
+    # ------------------------------------------------------------ folds / data
+    def split_cases(self) -> tuple[list[str], list[str]]:
+        """(train, val) case ids of the fold from splits_final.json (created if missing)."""
+        all_ids = preprocessed_case_ids(self.data_folder)
+        if not all_ids:
+            raise FileNotFoundError(f"no preprocessed cases in {self.data_folder}; run unisyn_plan_and_preprocess first")
+        path = self.preprocessed_folder / SPLITS_FILE
+        if path.is_file():
+            splits = validate_splits(read_json(path), all_ids, path)
+        else:
+            splits = make_splits(all_ids)
+            write_json_atomic(path, splits)
+        return fold_cases(splits, self.fold, all_ids)
+
+    def augmentation_params(self) -> AugmentationParams:
+        """Training augmentation (override to change it; mirror axes also go to trainer.json for TTA)."""
+        return AugmentationParams()
+
+    def build_dataloaders(self) -> tuple[PatchLoader, PatchLoader | None]:
+        """Endless augmented training batches; a fixed set of unaugmented validation batches."""
+        fraction = self.plans.training.foreground_fraction_min
+        cases = CaseCollection(self.data_folder, self.train_cases)
+        sampler = PairSampler(cases.case_modalities(), self.tasks, seed=self.settings.seed)
+        self.trained_tasks = [task_key(s, t) for s, t in sampler.tasks()]
+        builder = BatchBuilder(cases, sampler, self.patch_size, self.batch_size, self.is_slab, self.settings.seed,
+                               "train", self.augmentation_params(), fraction)
+        train = PatchLoader(builder, self.settings.resolved_num_workers)
+        val = None
+        try:
+            val_cases = CaseCollection(self.data_folder, self.val_cases)
+            val_sampler = PairSampler(val_cases.case_modalities(), self.tasks, seed=self.settings.seed)
+            val_builder = BatchBuilder(val_cases, val_sampler, self.patch_size, self.batch_size, self.is_slab,
+                                       self.settings.seed, "val", None, fraction)
+            val = PatchLoader(val_builder, 0, num_batches=self.validation_iterations, restart_each_iteration=True)
+        except ValueError as error:
+            logger.warning("no validation batches: %s", error)
+        return train, val
+
+    # ---------------------------------------------------- network / conditioning
+    def text_encoder_source(self) -> Path:
+        """Stage 1's artifact: ``<results>/<Dataset>/NeuroCLIPTrainer__<plans>__neuroclip/text_encoder``."""
+        override = self.settings.extra.get("text_encoder")
+        if override:
+            return Path(str(override))
+        return neuroclip_model_folder(self.model_folder.parent.parent, self.dataset_name,
+                                      self.plans.plans_name) / ARTIFACT_FOLDER_NAME
+
+    def build_conditioner(self) -> Any:
+        """TextConditioner from the model folder's copy of the artifact, OneHotConditioner or None."""
+        if self.conditioning == "none":
+            return None
+        if self.conditioning == "onehot":
+            return OneHotConditioner(self.plans.modalities, device=self.device)
+        local = self.model_folder / ARTIFACT_FOLDER_NAME
+        source = self.text_encoder_source()
+        if not (self.settings.continue_training or self.settings.validation_only) or not (local / "config.json").is_file():
+            copy_text_encoder_artifact(source, local)  # FileNotFoundError says: run unisyn_train <D> neuroclip
+        tokenizer, encoder = load_text_encoder_artifact(local, self.device)
+        return TextConditioner(tokenizer, encoder, normalize=False, device=self.device)  # already normalised
+
+    def network_info(self) -> dict[str, Any]:
+        """``{"kind", "kwargs"}`` of the network, kwargs from the plans with text_dim from the conditioner."""
+        if self.network_kind == "unet":
+            return {"kind": "unet", "kwargs": dict(self.config.unet_kwargs)}
+        kwargs = dict(self.config.network_kwargs)
+        if self.conditioner is not None:
+            kwargs["text_dim"] = int(self.conditioner.text_dim)
+        if self.network_kind == "crossattn" and "num_heads" not in kwargs:
+            kwargs["num_heads"] = 4 if int(kwargs["feature_dim"]) % 4 == 0 else 1
+        return {"kind": self.network_kind, "kwargs": kwargs}
+
+    @staticmethod
+    def build_network_from_plans(plans: Plans, configuration: str, trainer_info: dict[str, Any]) -> nn.Module:
+        """The raw network (2.5D: a 2D network on k slices) from ``trainer_info["network"]``."""
+        network = trainer_info.get("network") or {}
+        if "kind" not in network or "kwargs" not in network:
+            raise ValueError("trainer_info has no 'network' {'kind', 'kwargs'} entry")
+        plans.configuration(configuration)  # validates the configuration name
+        return build_synthesis_network(network["kind"], network["kwargs"])
+
+    def build_network(self) -> nn.Module:
+        self.conditioner = self.build_conditioner()
+        return self.build_network_from_plans(self.plans, self.configuration, {"network": self.network_info()})
+
+    def typical_metadata(self) -> dict[str, dict[str, Any]]:
+        """The most frequent metadata of each modality among the training cases (computed once)."""
+        if self._typical_metadata is not None:
+            return self._typical_metadata
+        counts: dict[str, Counter[str]] = {}
+        cases = CaseCollection(self.data_folder, self.train_cases)
+        for info in cases.cases.values():
+            for description in info.descriptions:
+                text = json.dumps(description.metadata.to_dict(), sort_keys=True)
+                counts.setdefault(description.modality, Counter())[text] += 1
+        self._typical_metadata = {m: json.loads(c.most_common(1)[0][0]) for m, c in sorted(counts.items())}
+        return self._typical_metadata
+
+    def trainer_info(self) -> dict[str, Any]:
+        conditioning = self.conditioner.describe() if self.conditioner is not None else {"kind": "none"}
+        if self.conditioning == "text":
+            conditioning["text_encoder"] = ARTIFACT_FOLDER_NAME
+        typical = self.typical_metadata()
+        return {**super().trainer_info(), "network": self.network_info(), "conditioning": conditioning,
+                "is_slab": self.is_slab, "patch_size": list(self.patch_size),
+                "mirror_axes": list(self.augmentation_params().mirror_axes),
+                "modalities": sorted(typical), "typical_metadata": typical,
+                "tasks": getattr(self, "trained_tasks", None),
+                "task_filter": [task_key(s, t) for s, t in self.tasks] if self.tasks else None}
+
+    # ------------------------------------------------------------------ steps
+    def to_net(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, *patch) -> the network's layout ((B, k, H, W) for 2.5D)."""
+        return x[:, 0] if self.is_slab else x
+
+    def batch_to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Arrays -> tensors on the device in network layout, descriptions -> embeddings."""
+        out = {key: self.to_net(torch.from_numpy(batch[key]).to(self.device, non_blocking=True))
+               for key in ("source", "target", "source_clean") if key in batch}
+        out.setdefault("source_clean", out["source"])
+        mask = (torch.from_numpy(batch["mask"]).to(self.device) if "mask" in batch
+                else torch.ones(batch["source"].shape, device=self.device))
+        out["mask"] = self.to_net(mask)
+        out["weight"] = brain_weight(out["mask"], self.background_weight)
+        embed = self.conditioner.embed if self.conditioner is not None else (lambda _d: None)
+        out["source_text"] = embed(batch["source_descriptions"])
+        out["target_text"] = embed(batch["target_descriptions"])
+        return out
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """L1 of source -> target (+ target -> source when ``both_directions``)."""
+        b = self.batch_to_device(batch)
+        with self.autocast():
+            synthesis = self.network(b["source"], b["source_text"], b["target_text"]).synthesis
+            loss = weighted_l1(synthesis, b["target"], b["weight"])
+            if self.both_directions:
+                back = self.network(b["target"], b["target_text"], b["source_text"]).synthesis
+                loss = loss + weighted_l1(back, b["source_clean"], b["weight"])
+        self.optimize(loss)
+        return {"loss": float(loss.detach())}
+
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Weighted L1, brain PSNR and SSIM of source -> target on unaugmented patches (normalised scale)."""
+        b = self.batch_to_device(batch)
+        with self.autocast():
+            prediction = self.network(b["source"], b["source_text"], b["target_text"]).synthesis.float()
+        return {"loss": float(weighted_l1(prediction, b["target"], b["weight"])),
+                "psnr": float(patch_psnr(prediction, b["target"], mask=b["mask"])),
+                "ssim": float(patch_ssim(prediction, b["target"]))}
+
+    def final_validation(self) -> dict[str, Any] | None:
+        """Sliding-window validation of the held-out cases -> fold_N/validation/summary.json."""
+        from unisyn_v2.training.validation import run_final_validation
+
+        self.final_summary = run_final_validation(self)
+        return self.final_summary

@@ -1,0 +1,176 @@
+"""Final validation of a fold: every held-out case and task through the full sliding-window predictor.
+
+For each validation case and each (source, target) task it holds (within the task filter), the whole
+preprocessed source volume is synthesised (Gaussian-blended tiles of the training patch size) and
+compared with the ground truth under the ``papers`` protocol (each image scaled to [0, 1] by its own
+minimum and 99.5th percentile; PSNR, SSIM, MAE) inside the brain mask, on the normalised arrays.
+Outside the mask every candidate gets the reference's voxels, so only the brain decides the metrics and
+the per-image scaling. Two baselines are scored the same way: identity (the source as the prediction)
+and histogram matching (the source's brain quantiles mapped onto the mean brain quantiles of the target
+modality over training cases; no peeking at the ground truth). Results go to
+``fold_N/validation/summary.json`` (per case and mean per task) with one example PNG per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from unisyn_v2.evaluation.figures import save_comparison_figure
+from unisyn_v2.evaluation.protocols import evaluate_pair
+from unisyn_v2.inference.sliding_window import sliding_window_predict
+from unisyn_v2.io_utils import write_json_atomic
+from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.preprocessing.case_store import load_preprocessed_case
+from unisyn_v2.training.data.cases import description_from_channel
+from unisyn_v2.training.settings import task_key
+
+if TYPE_CHECKING:
+    from unisyn_v2.training.synthesis_trainer import SynthesisTrainer
+
+logger = logging.getLogger(__name__)
+QUANTILES = np.linspace(0.0, 1.0, 257)
+METRICS = ("psnr", "ssim", "mae")
+MAX_REFERENCE_CASES = 10
+
+
+def predict_volume(network: torch.nn.Module, conditioner: Any, source: np.ndarray, source_description: ImageDescription,
+                   target_description: ImageDescription, patch_size: tuple[int, ...], device: torch.device,
+                   tile_batch_size: int = 4, step_size: float = 0.5) -> np.ndarray:
+    """Synthesise a whole (Z, Y, X) volume with a volume-level network ((B, 1, *patch) in and out)."""
+    device = torch.device(device)
+    source_text = conditioner.embed([source_description]) if conditioner is not None else None
+    target_text = conditioner.embed([target_description]) if conditioner is not None else None
+
+    def predictor(tiles: torch.Tensor) -> torch.Tensor:
+        n = tiles.shape[0]
+        s = source_text.expand(n, -1) if source_text is not None else None
+        t = target_text.expand(n, -1) if target_text is not None else None
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            return network(tiles, s, t).synthesis.float()
+
+    image = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None]
+    result = sliding_window_predict(image, predictor, patch_size, step_size=step_size, tile_batch_size=tile_batch_size,
+                                    device=device)
+    return result[0].numpy()
+
+
+def intensity_quantiles(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Quantiles of the brain intensities (the whole image when the mask is empty)."""
+    values = image[mask > 0] if np.any(mask) else image.ravel()
+    return np.quantile(values.astype(np.float64), QUANTILES)
+
+
+def histogram_match(source: np.ndarray, mask: np.ndarray, reference_quantiles: np.ndarray) -> np.ndarray:
+    """Map the source's brain quantiles onto ``reference_quantiles`` (piecewise linear, monotone)."""
+    source_q = intensity_quantiles(source, mask)
+    source_q = source_q + np.arange(len(source_q)) * 1e-9 * max(1.0, float(np.ptp(source_q)))  # strictly increasing
+    return np.interp(source, source_q, reference_quantiles).astype(np.float32)
+
+
+def evaluate_in_mask(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Papers-protocol PSNR / SSIM / MAE in the brain; the reference is copied outside it."""
+    inside = mask > 0
+    candidate = np.where(inside, prediction, reference) if inside.any() else prediction
+    values = evaluate_pair(reference, candidate, "papers", mask if inside.any() else None)
+    return {k: float(values[k]) for k in METRICS}
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float | str]:
+    return {k: _json_number(float(np.mean([r[k] for r in rows]))) for k in METRICS} if rows else {}
+
+
+def _reference_quantiles(trainer: "SynthesisTrainer") -> dict[str, np.ndarray]:
+    """Mean brain quantiles of each modality over (at most MAX_REFERENCE_CASES) training cases."""
+    collected: dict[str, list[np.ndarray]] = {}
+    for case_id in trainer.train_cases:
+        case = load_preprocessed_case(trainer.data_folder, case_id, mmap=True)
+        for channel, modality in enumerate(case.modalities):
+            if len(collected.setdefault(modality, [])) < MAX_REFERENCE_CASES:
+                collected[modality].append(intensity_quantiles(np.asarray(case.data[channel]), np.asarray(case.mask)))
+    return {m: np.mean(q, axis=0) for m, q in collected.items()}
+
+
+def _allowed(trainer: "SynthesisTrainer", source: str, target: str) -> bool:
+    if source.lower() == target.lower():
+        return False
+    return trainer.tasks is None or any(s.lower() == source.lower() and t.lower() == target.lower() for s, t in trainer.tasks)
+
+
+def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
+    """Validate ``trainer``'s current network on its fold's validation cases; write and return the summary."""
+    from unisyn_v2.training.synthesis_trainer import volume_network
+
+    started = time.perf_counter()
+    out_dir = trainer.fold_folder / "validation"
+    network = volume_network(trainer.network, trainer.is_slab).eval()
+    references = _reference_quantiles(trainer)
+    cases = trainer.val_cases[: trainer.settings.max_validation_cases or None]
+    per_task: dict[str, list[dict[str, Any]]] = {}
+    figure_cap, figures = trainer.settings.validation_figures, 0
+    for case_id in cases:
+        case = load_preprocessed_case(trainer.data_folder, case_id, mmap=False)
+        channels = case.properties["channels"]
+        descriptions = [description_from_channel(c, case.properties.get("subject") or {}) for c in channels]
+        spacing = case.properties.get("target_spacing_zyx") or (1.0, 1.0, 1.0)
+        for s, source_modality in enumerate(case.modalities):
+            for t, target_modality in enumerate(case.modalities):
+                if not _allowed(trainer, source_modality, target_modality):
+                    continue
+                key = task_key(source_modality, target_modality)
+                reference, source = case.data[t], case.data[s]
+                with torch.no_grad():
+                    prediction = predict_volume(network, trainer.conditioner, source, descriptions[s], descriptions[t],
+                                                trainer.patch_size, trainer.device, tile_batch_size=2 * trainer.batch_size)
+                row: dict[str, Any] = {"case_id": case_id, "model": evaluate_in_mask(reference, prediction, case.mask),
+                                       "identity": evaluate_in_mask(reference, source, case.mask)}
+                if target_modality in references:
+                    matched = histogram_match(source, case.mask, references[target_modality])
+                    row["histogram_matching"] = evaluate_in_mask(reference, matched, case.mask)
+                if key not in per_task and (figure_cap is None or figures < figure_cap):
+                    figures += 1
+                    name = f"{case_id}_{source_modality}_to_{target_modality}.png"
+                    save_comparison_figure(out_dir / name, source, prediction, reference, spacing_zyx=spacing,
+                                           suptitle=f"{key} {case_id}: PSNR {row['model']['psnr']:.2f} dB")
+                per_task.setdefault(key, []).append(row)
+                logger.info("validation %s %s: PSNR %.2f (identity %.2f)", case_id, key, row["model"]["psnr"],
+                            row["identity"]["psnr"])
+    summary = _summarise(trainer, per_task, time.perf_counter() - started)
+    write_json_atomic(out_dir / "summary.json", summary)
+    for key, task in summary["tasks"].items():
+        logger.info("validation %s: mean PSNR %s, SSIM %s, MAE %s (identity PSNR %s, histogram matching PSNR %s)", key,
+                    task["mean"].get("psnr"), task["mean"].get("ssim"), task["mean"].get("mae"),
+                    task["baselines"]["identity"].get("psnr"), task["baselines"].get("histogram_matching", {}).get("psnr"))
+    return summary
+
+
+def _summarise(trainer: "SynthesisTrainer", per_task: dict[str, list[dict[str, Any]]], seconds: float) -> dict[str, Any]:
+    tasks: dict[str, Any] = {}
+    for key, rows in sorted(per_task.items()):
+        baselines = {name: _mean([r[name] for r in rows if name in r]) for name in ("identity", "histogram_matching")}
+        model = _mean([r["model"] for r in rows])
+        best_baseline = max((float(b["psnr"]) for b in baselines.values() if b), default=-math.inf)
+        tasks[key] = {"mean": model, "baselines": baselines, "num_cases": len(rows),
+                      "beats_baselines": float(model["psnr"]) > best_baseline,
+                      "cases": [{"case_id": r["case_id"], **{n: {k: _json_number(v) for k, v in r[n].items()}
+                                                             for n in ("model", "identity", "histogram_matching") if n in r}}
+                                for r in rows]}
+    def floats(means: dict[str, Any]) -> dict[str, float]:
+        return {k: float(means[k]) for k in METRICS}
+
+    overall = {"model": _mean([floats(t["mean"]) for t in tasks.values() if t["mean"]])}
+    for name in ("identity", "histogram_matching"):
+        overall[name] = _mean([floats(t["baselines"][name]) for t in tasks.values() if t["baselines"].get(name)])
+    return {"protocol": "papers", "space": "normalised (preprocessed grid)", "region": "brain mask",
+            "trainer": type(trainer).__name__, "dataset": trainer.dataset_name, "configuration": trainer.configuration,
+            "fold": str(trainer.fold), "epoch": trainer.current_epoch, "num_cases": len({r["case_id"] for rows in per_task.values() for r in rows}),
+            "seconds": round(seconds, 1), "mean_over_tasks": overall, "tasks": tasks}
