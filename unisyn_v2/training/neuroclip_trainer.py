@@ -27,12 +27,10 @@ the first 20% of the epochs, then cosine decay (TUMSyn: warm-up 20 of 100 epochs
 from __future__ import annotations
 
 import logging
-import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -44,144 +42,19 @@ from unisyn_v2.networks.neuroclip import MAX_LOGIT_SCALE, NeuroCLIP
 from unisyn_v2.networks.text_artifact import ARTIFACT_FOLDER_NAME, NEUROCLIP_CONFIGURATION, save_text_encoder_artifact
 from unisyn_v2.preprocessing.case_store import preprocessed_case_ids
 from unisyn_v2.training.neuroclip_data import (
-    ClassBalancedBatchSampler, NeuroCLIPSample, WholeBrainCache, collect_samples, contrastive_loss,
-    generator_state, positive_pairs, set_generator_state, typical_metadata,
+    NeuroCLIPSample, WholeBrainCache, collect_samples, contrastive_loss, typical_metadata,
 )
 from unisyn_v2.training.neuroclip_evaluation import (
     NUM_TEXT_CANDIDATES, image_to_modality_top1, image_to_text_top1, parameter_sensitivity, text_candidates,
 )
+from unisyn_v2.training.neuroclip_loaders import NeuroCLIPTrainLoader, NeuroCLIPValidationLoader, TokenCache, in_batch_accuracy
+from unisyn_v2.training.schedule import WarmupCosineScheduler
 from unisyn_v2.training.trainer_base import TrainerBase
 
 logger = logging.getLogger(__name__)
 
 _TEXT_FIELDS = ("manufacturer", "reconstruction_kernel", "tracer", "unit")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-/][A-Za-z0-9]+)*")
-
-
-class WarmupCosineScheduler:
-    """Per-epoch lr: linear warm-up to ``initial_lr`` over ``warmup_epochs``, then cosine decay towards 0.
-
-    Stepped once per epoch like ``torch.optim.lr_scheduler``; its state is the epoch count.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, num_epochs: int,
-                 warmup_fraction: float = 0.2) -> None:
-        self.optimizer = optimizer
-        self.initial_lr = float(initial_lr)
-        self.num_epochs = max(int(num_epochs), 1)
-        self.warmup_epochs = int(round(self.num_epochs * warmup_fraction))
-        self.epoch = 0
-        self._apply()
-
-    def current_lr(self) -> float:
-        """lr of the current epoch."""
-        e, w, n = self.epoch, self.warmup_epochs, self.num_epochs
-        if e < w:
-            return self.initial_lr * (e + 1) / (w + 1)
-        progress = (e - w) / max(n - w, 1)
-        return self.initial_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    def _apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.current_lr()
-
-    def step(self) -> None:
-        """Advance one epoch."""
-        self.epoch += 1
-        self._apply()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Primitives only."""
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the epoch count."""
-        self.epoch = int(state["epoch"])
-        self._apply()
-
-
-class _TokenCache:
-    """Token ids per prompt, computed once; batches are padded to their longest prompt (the encoder masks
-    padding, so this equals padding to the full context and is cheaper)."""
-
-    def __init__(self, tokenizer: MetadataTokenizer) -> None:
-        self.tokenizer = tokenizer
-        self._ids: dict[str, list[int]] = {}
-
-    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        rows = []
-        for prompt in prompts:
-            if prompt not in self._ids:
-                self._ids[prompt] = self.tokenizer.encode(prompt)
-            rows.append(self._ids[prompt])
-        out = torch.full((len(rows), max(len(r) for r in rows)), self.tokenizer.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = torch.tensor(row)
-        return out
-
-
-def _batch(samples: Sequence[NeuroCLIPSample], cache: WholeBrainCache, tokens: _TokenCache,
-           rng: np.random.Generator | None, augment: bool) -> dict[str, Any]:
-    prompts = [s.prompt for s in samples]
-    return {"images": cache.batch(samples, rng if augment else None, flip=augment), "tokens": tokens(prompts),
-            "prompts": prompts, "modalities": [s.modality for s in samples]}
-
-
-class NeuroCLIPTrainLoader:
-    """Endless class-balanced training batches ``{"images", "tokens", "prompts", "modalities"}``.
-
-    Its state (sampler and augmentation generators) goes into the checkpoints, so a resumed run draws
-    the same batches as an uninterrupted one.
-    """
-
-    def __init__(self, samples: Sequence[NeuroCLIPSample], cache: WholeBrainCache, tokens: _TokenCache,
-                 max_batch_classes: int, seed: int, augment: bool = True, samples_per_class: int = 1) -> None:
-        self.samples = list(samples)
-        self.cache = cache
-        self.tokens = tokens
-        self.augment = augment
-        self.sampler = ClassBalancedBatchSampler([s.class_key for s in self.samples], max_batch_classes, seed,
-                                                 samples_per_class)
-        self.rng = np.random.default_rng(seed + 1)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            indices = self.sampler.next_batch()
-            yield _batch([self.samples[i] for i in indices], self.cache, self.tokens, self.rng, self.augment)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Sampler and augmentation generator states."""
-        return {"sampler": self.sampler.state_dict(), "rng": generator_state(self.rng)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.sampler.load_state_dict(state["sampler"])
-        set_generator_state(self.rng, state["rng"])
-
-
-class NeuroCLIPValidationLoader:
-    """Class-balanced validation batches, the same every epoch (fixed seed, no augmentation)."""
-
-    def __init__(self, samples: Sequence[NeuroCLIPSample], cache: WholeBrainCache, tokens: _TokenCache,
-                 max_batch_classes: int, seed: int = 0) -> None:
-        self.samples = list(samples)
-        self.cache = cache
-        self.tokens = tokens
-        self.max_batch_classes = max_batch_classes
-        self.seed = seed
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        sampler = ClassBalancedBatchSampler([s.class_key for s in self.samples], self.max_batch_classes, self.seed)
-        while True:
-            indices = sampler.next_batch()
-            yield _batch([self.samples[i] for i in indices], self.cache, self.tokens, None, False)
-
-
-def _in_batch_accuracy(logits_per_image: torch.Tensor, prompts: Sequence[str]) -> float:
-    """Fraction of images whose most similar text in the batch is their own prompt (or an identical one)."""
-    positives = positive_pairs(prompts).to(logits_per_image.device)
-    best = logits_per_image.argmax(dim=1)
-    return float(positives[torch.arange(len(prompts), device=best.device), best].float().mean())
 
 
 class NeuroCLIPTrainer(TrainerBase):
@@ -308,7 +181,7 @@ class NeuroCLIPTrainer(TrainerBase):
         """Class-balanced training batches; validation batches when the held-out images span 2+ classes."""
         self.prepare_data()
         assert self.tokenizer is not None and self.cache is not None
-        tokens = _TokenCache(self.tokenizer)
+        tokens = TokenCache(self.tokenizer)
         max_classes = self.settings.batch_size or self.plans.neuroclip.max_batch_classes
         train = NeuroCLIPTrainLoader(self.train_samples, self.cache, tokens, max_classes, self.settings.seed,
                                      self.augment, self.samples_per_class)
@@ -337,20 +210,20 @@ class NeuroCLIPTrainer(TrainerBase):
         self.optimize(loss)
         with torch.no_grad():
             self.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-        return {"loss": float(loss.detach()), "acc": _in_batch_accuracy(logits.detach(), batch["prompts"]),
+        return {"loss": float(loss.detach()), "acc": in_batch_accuracy(logits.detach(), batch["prompts"]),
                 "temperature": float(torch.exp(-self.clip.logit_scale.detach()))}
 
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """Contrastive loss and in-batch image->text accuracy of a held-out batch."""
         logits, loss = self._forward(batch)
-        return {"loss": float(loss), "acc": _in_batch_accuracy(logits, batch["prompts"])}
+        return {"loss": float(loss), "acc": in_batch_accuracy(logits, batch["prompts"])}
 
     # -------------------------------------------------------- evaluation
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings (N, E) on the CPU."""
         assert self.tokenizer is not None
-        tokens = _TokenCache(self.tokenizer)
+        tokens = TokenCache(self.tokenizer)
         out = [self.clip.encode_text(tokens(prompts[i:i + self.embed_batch_size]).to(self.device)).float().cpu()
                for i in range(0, len(prompts), self.embed_batch_size)]
         return torch.cat(out)

@@ -6,6 +6,7 @@ The scheduler's state is only the epoch count, so resuming is exact.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -56,5 +57,47 @@ class StepDecayScheduler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the epoch (the schedule's constants come from the trainer, the epoch from the file)."""
+        self.epoch = int(state["epoch"])
+        self._apply()
+
+
+class WarmupCosineScheduler:
+    """Per-epoch lr: linear warm-up to ``initial_lr`` over ``warmup_epochs``, then cosine decay towards 0.
+
+    Stepped once per epoch like ``torch.optim.lr_scheduler``; its state is the epoch count.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, num_epochs: int,
+                 warmup_fraction: float = 0.2) -> None:
+        self.optimizer = optimizer
+        self.initial_lr = float(initial_lr)
+        self.num_epochs = max(int(num_epochs), 1)
+        self.warmup_epochs = int(round(self.num_epochs * warmup_fraction))
+        self.epoch = 0
+        self._apply()
+
+    def current_lr(self) -> float:
+        """lr of the current epoch."""
+        e, w, n = self.epoch, self.warmup_epochs, self.num_epochs
+        if e < w:
+            return self.initial_lr * (e + 1) / (w + 1)
+        progress = (e - w) / max(n - w, 1)
+        return self.initial_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.current_lr()
+
+    def step(self) -> None:
+        """Advance one epoch."""
+        self.epoch += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Primitives only."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the epoch count."""
         self.epoch = int(state["epoch"])
         self._apply()
