@@ -1,19 +1,113 @@
-"""Small file helpers shared by every stage: atomic JSON writes and confined paths."""
+"""Small file helpers shared by every stage: atomic JSON writes, temp-file naming and clean-up, confined paths.
+
+Every atomic write goes through a temp file named by :func:`temp_prefix` (``.tmp_<host>-<pid>_...``)
+beside its target and an ``os.replace``. A process killed with SIGKILL cannot remove its temp file;
+:func:`remove_stale_temp_files` lets the next run delete exactly those whose writer is dead, and never
+the temp file of a live writer (another fold training into the same model folder, say).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp_"
+_HOST = re.sub(r"[^A-Za-z0-9.]", "-", socket.gethostname())[:40] or "host"
+_OWNER = re.compile(r"^\.tmp_(?P<host>[A-Za-z0-9.-]*)-(?P<pid>\d+)_")
+FOREIGN_TEMP_AGE_S = 24 * 3600.0  # temp files of another host are only removed when older than this
+
+
+def temp_prefix(tag: str = "") -> str:
+    """``.tmp_<host>-<pid>_<tag>``: names the writer, so a later run can tell a dead writer's leftovers."""
+    return f"{TEMP_PREFIX}{_HOST}-{os.getpid()}_{tag}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child that nobody reaped yet is a zombie: dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_stale_temp_file(path: Path) -> bool:
+    """A temp file of ours whose writer has died (this host), or an old one of another host."""
+    match = _OWNER.match(Path(path).name)
+    if match is None:
+        return False  # not ours: never touched
+    if match["host"] == _HOST:
+        return not _pid_alive(int(match["pid"]))
+    try:
+        return time.time() - Path(path).lstat().st_mtime > FOREIGN_TEMP_AGE_S
+    except OSError:
+        return False
+
+
+def remove_stale_temp_files(*folders: Path, recursive: bool = False) -> list[Path]:
+    """Delete the temp files (and temp folders) left in ``folders`` by killed writers; returns them."""
+    removed: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for path in (folder.rglob if recursive else folder.glob)(f"{TEMP_PREFIX}*"):
+            if not is_stale_temp_file(path):
+                continue
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    if removed:
+        logger.info("removed %d temp file(s) left by an interrupted run (e.g. %s)", len(removed), removed[0])
+    return removed
+
+
+def replace_atomic(path: Path, write: Any, tag: str = "") -> Path:
+    """``write(temp_path)`` into a temp file beside ``path``, then ``os.replace`` it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=temp_prefix(tag), suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temp))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def copy_file_atomic(source: Path, destination: Path) -> Path:
+    """``shutil.copyfile`` that readers (and a kill) never see half done."""
+    return replace_atomic(destination, lambda temp: shutil.copyfile(source, temp))
 
 
 def write_json_atomic(path: Path, data: Any, indent: int = 2) -> Path:
     """Write JSON via a temp file in the same folder and a rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".json", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(data, stream, indent=indent, allow_nan=False)

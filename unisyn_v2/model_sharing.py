@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from unisyn_v2.io_utils import temp_prefix
 from unisyn_v2.paths import results_dir
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def export_model(model_folder: Path, output_zip: Path, folds: Sequence[str] | No
         raise FileNotFoundError(f"{model_folder}: no {', '.join(checkpoints)} in the selected folds; train first or pass --chk")
     output_zip = Path(output_zip)
     output_zip.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".tmp_", suffix=".zip", dir=output_zip.parent)
+    handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".zip", dir=output_zip.parent)
     os.close(handle)
     try:
         with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:

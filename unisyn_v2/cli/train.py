@@ -1,4 +1,8 @@
-"""``unisyn_train DATASET TRAINER [FOLD]``: train, resume (--c) or validate (--val) a model."""
+"""``unisyn_train DATASET TRAINER [FOLD]``: train, resume (--c) or validate (--val) a model.
+
+Several GPUs: ``unisyn_train 1 gfm 0 --num_gpus 4`` (starts the ranks itself), or
+``torchrun --nproc_per_node 4 -m unisyn_v2.cli.train 1 gfm 0`` (and torchrun's multi-node options).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
 from unisyn_v2.training.registry import TRAINERS
-from unisyn_v2.training.run_training import DEFAULT_PLANS_NAME, DEVICES, run_training
+from unisyn_v2.training.run_training import DEFAULT_PLANS_NAME, DEVICES, run_training, run_training_distributed
 from unisyn_v2.training.settings import TrainerSettings, parse_task_filter
 
 
@@ -40,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation_figures", type=int, default=None, help="cap the example PNGs (default: one per task)")
     parser.add_argument("--no_final_validation", action="store_true", help="skip the sliding-window validation at the end")
     parser.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms (slower on CUDA)")
+    parser.add_argument("--num_gpus", type=int, default=1,
+                        help="data-parallel processes on this machine, one per GPU (with --device cpu: gloo processes); "
+                             "the plans' batch is split across them. Multi-node: use torchrun instead")
     parser.add_argument("--text_encoder", type=Path, default=None, help="NeuroCLIP text_encoder/ folder (default: stage 1's)")
     add_common_arguments(parser)
     return parser
@@ -56,7 +63,11 @@ def _body(args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
         extra={"text_encoder": str(args.text_encoder)} if args.text_encoder else {},
     )
-    run_training(args.dataset, args.trainer, args.fold, args.configuration, args.plans, args.device, settings)
+    if args.num_gpus != 1:
+        run_training_distributed(args.num_gpus, args.dataset, args.trainer, args.fold, args.configuration, args.plans,
+                                 args.device, settings, verbose=args.verbose)
+    else:
+        run_training(args.dataset, args.trainer, args.fold, args.configuration, args.plans, args.device, settings)
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from unisyn_v2.io_utils import temp_prefix
+
 READABLE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
@@ -149,7 +151,7 @@ def write_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type =
     image.SetDirection(geometry.direction)
     path.parent.mkdir(parents=True, exist_ok=True)
     ending = next((e for e in READABLE_ENDINGS if path.name.endswith(e)), path.suffix)
-    handle, temp = tempfile.mkstemp(prefix=".tmp_", suffix=ending, dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=ending, dir=path.parent)
     os.close(handle)
     try:
         sitk.WriteImage(image, temp, useCompression=True)

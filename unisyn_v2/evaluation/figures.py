@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from unisyn_v2.io_utils import temp_prefix
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TITLES = ("Source", "Synthesis", "Ground truth", "|Error|")
@@ -99,7 +101,7 @@ def save_comparison_figure(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")

@@ -12,9 +12,8 @@ The loaded encoder returns L2-normalised embeddings, the geometry NeuroCLIP was 
 
 from __future__ import annotations
 
-import os
+import pickle
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unisyn_v2.io_utils import read_json, write_json_atomic
+from unisyn_v2.io_utils import read_json, replace_atomic, write_json_atomic
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
 from unisyn_v2.networks.factory import build_text_encoder
 from unisyn_v2.networks.text_encoder import MetadataTextEncoder
@@ -100,14 +99,7 @@ def text_encoder_artifact_folder(results_folder: Path, dataset_name: str, plans_
 
 
 def _replace_atomic(path: Path, write: Any) -> None:
-    handle, temp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    replace_atomic(path, write)
 
 
 def save_text_encoder_artifact(folder: Path, tokenizer: MetadataTokenizer, text_encoder: nn.Module,
@@ -164,10 +156,25 @@ def load_text_encoder_artifact(folder: Path, device: str | torch.device = "cpu"
         raise ValueError(f"{folder}: tokenizer vocabulary ({tokenizer.vocab_size}) != encoder vocab_size "
                          f"({kwargs.get('vocab_size')})")
     encoder = build_text_encoder(kwargs)
-    state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+    state = load_weights_only(folder / "weights.pt")
     encoder.load_state_dict(state)
     frozen = FrozenTextEncoder(encoder, normalize=bool(config.get("normalize", True)))
     return tokenizer, frozen.to(device)
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file that needs more than tensors and primitives is refused.
+
+    Such a file may carry code (a pickle ``__reduce__`` runs on load), so it is never unpickled fully.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"refusing to load {path}: it holds pickled objects other than tensors and plain data, "
+                         f"which could run code (an untrusted or foreign file?); only weights-only files are "
+                         f"read ({str(error).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"cannot read {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
 
 def read_text_encoder_config(folder: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from unisyn_v2.io_utils import read_json, write_json_atomic
+from unisyn_v2.io_utils import read_json, temp_prefix, write_json_atomic
 
 
 @dataclass
@@ -38,7 +38,7 @@ class PreprocessedCase:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    handle, temp = tempfile.mkstemp(prefix=".tmp_", suffix=".npy", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".npy", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             np.save(stream, array)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from unisyn_v2.io_utils import temp_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ def save_checkpoint_atomic(path: Path, state: dict[str, Any]) -> Path:
     """``torch.save`` to a temp file beside ``path`` and ``os.replace`` it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".tmp_{path.stem}_", suffix=".pth", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=temp_prefix(f"{path.stem}_"), suffix=".pth", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(state, stream)
@@ -48,6 +51,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # a global outside the allow-list: possibly code, never run
+        raise RuntimeError(f"refusing to load checkpoint {path}: it holds pickled objects other than tensors and "
+                           f"plain data, which could run code (an untrusted or foreign file?); unisyn_v2 only reads "
+                           f"weights-only checkpoints ({str(error).splitlines()[0]})") from None
     except Exception as error:  # noqa: BLE001 - re-raised with the file name
         raise RuntimeError(f"cannot read checkpoint {path}: {error}") from error
     if not isinstance(state, dict) or "network_weights" not in state:
@@ -103,7 +110,7 @@ def seed_everything(seed: int) -> None:
 class CheckpointMixin:
     """Checkpoint state of a :class:`~unisyn_v2.training.trainer_base.TrainerBase` (kept here for size).
 
-    Uses the trainer's ``network``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``train_loader``,
+    Uses the trainer's ``network``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``, ``train_loader``, ``distributed``,
     ``progress``, epoch / best-metric fields and the hooks ``trainer_info``,
     ``extra_checkpoint_state`` and ``load_extra_checkpoint_state``.
     """
@@ -112,6 +119,8 @@ class CheckpointMixin:
         """Everything needed to resume bit-for-bit."""
         assert self.network is not None and self.optimizer is not None
         loader_state = getattr(self.train_loader, "state_dict", None)
+        rng_state = capture_rng_state()
+        rng_states = self.distributed.all_gather_object(rng_state)  # each rank resumes its own generators
         return {
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "network_weights": self.network.state_dict(),
@@ -120,7 +129,8 @@ class CheckpointMixin:
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "current_epoch": self.current_epoch,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-            "rng_state": capture_rng_state(),
+            "rng_state": rng_state,
+            "rng_states_by_rank": rng_states if len(rng_states) > 1 else None,
             "data_state": loader_state() if callable(loader_state) else None,
             "progress": self.progress.state_dict(),
             "trainer_info": self.trainer_info(),
@@ -129,9 +139,12 @@ class CheckpointMixin:
             "extra": self.extra_checkpoint_state(),
         }
 
-    def save_checkpoint(self, name: str) -> Path:
-        """Write ``fold_folder / name`` atomically."""
-        path = save_checkpoint_atomic(self.fold_folder / name, self.checkpoint_state())
+    def save_checkpoint(self, name: str) -> Path | None:
+        """Write ``fold_folder / name`` atomically (rank 0; every rank must call it: the state is gathered)."""
+        state = self.checkpoint_state()
+        if not self.distributed.is_main:
+            return None
+        path = save_checkpoint_atomic(self.fold_folder / name, state)
         logger.debug("saved %s", path)
         return path
 
@@ -151,7 +164,9 @@ class CheckpointMixin:
             self.current_epoch = int(state["current_epoch"])
             self.best_metric, self.best_epoch = state.get("best_metric"), state.get("best_epoch")
             self.progress.load_state_dict(state.get("progress") or {})
-            restore_rng_state(state["rng_state"])
+            by_rank = state.get("rng_states_by_rank") or []
+            same_size = len(by_rank) == self.distributed.world_size
+            restore_rng_state(by_rank[self.distributed.rank] if same_size else state["rng_state"])
             loader_load = getattr(self.train_loader, "load_state_dict", None)
             if callable(loader_load) and state.get("data_state") is not None:
                 loader_load(state["data_state"])

@@ -27,15 +27,17 @@ class GFMTrainer(SynthesisTrainer):
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """Source -> target and target -> source through the shared anatomy features."""
-        b = self.batch_to_device(batch)
-        network = self.network
-        with self.autocast():
+        def forward(network: Any, b: dict[str, Any]) -> Any:
             anatomy_source = network.encode_anatomy(b["source"], b["source_text"])
             anatomy_target = network.encode_anatomy(b["target"], b["target_text"])
             target_hat = network.decode(anatomy_source, b["target_text"])
             source_hat = network.decode(anatomy_target, b["source_text"])
-            terms = self.cyclic_loss(target_hat, b["target"], source_hat, b["source_clean"],
-                                     anatomy_source, anatomy_target, b["weight"])
+            return self.cyclic_loss(target_hat, b["target"], source_hat, b["source_clean"],
+                                    anatomy_source, anatomy_target, b["weight"])
+
+        b = self.batch_to_device(batch)
+        with self.autocast():
+            terms = self.run_network(forward, b)  # one (DDP) forward for all four network calls
         self.optimize(terms.total)
         return {"loss": float(terms.total.detach()), "feature_loss": float(terms.feature.detach()),
                 "synthesis_loss": float(terms.synthesis.detach())}

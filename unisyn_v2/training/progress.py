@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from unisyn_v2.io_utils import temp_prefix
+
 logger = logging.getLogger(__name__)
 PACKAGE_LOGGER = "unisyn_v2"
 
@@ -76,7 +78,7 @@ class ProgressLogger:
             fig.suptitle(title)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=".tmp_progress_", suffix=".png", dir=path.parent)
+        handle, temp = tempfile.mkstemp(prefix=temp_prefix("progress_"), suffix=".png", dir=path.parent)
         os.close(handle)
         try:
             fig.savefig(temp, format="png")

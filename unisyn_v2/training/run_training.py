@@ -1,8 +1,13 @@
-"""Training as a function: resolve dataset, plans, trainer, device and folders, then run the trainer."""
+"""Training as a function: resolve dataset, plans, trainer, device and folders, then run the trainer.
+
+Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) :func:`run_training` joins the process group for
+the run; :func:`run_training_distributed` starts the ranks itself (``unisyn_train ... --num_gpus N``).
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +15,7 @@ import torch
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.paths import preprocessed_dir, results_dir
+from unisyn_v2.training.distributed import distributed_session, launch, local_device
 from unisyn_v2.training.registry import resolve_trainer_class
 from unisyn_v2.training.settings import TrainerSettings
 from unisyn_v2.training.trainer_base import TrainerBase
@@ -69,7 +75,7 @@ def build_trainer(dataset: str | int, trainer: str, fold: int | str | None = Non
     fold = trainer_class.default_fold if fold is None else fold
     settings = settings or TrainerSettings()
     folder = results_dir() / dataset_name / trainer_class.model_folder_name(plans_name, configuration, settings)
-    resolved = resolve_device(device)
+    resolved = local_device(resolve_device(device))
     return trainer_class(plans, configuration, fold, dataset_name, preprocessed, folder, resolved, settings)
 
 
@@ -77,7 +83,33 @@ def run_training(dataset: str | int, trainer: str, fold: int | str | None = None
                  plans_name: str | None = None, device: str | torch.device = "auto",
                  settings: TrainerSettings | None = None) -> TrainerBase:
     """Build and run a trainer (train, resume with ``settings.continue_training``, or ``validation_only``)."""
-    instance = build_trainer(dataset, trainer, fold, configuration, plans_name, device, settings)
-    logger.info("training %s -> %s", type(instance).__name__, Path(instance.fold_folder))
-    instance.run()
+    with distributed_session(local_device(resolve_device(device))):
+        instance = build_trainer(dataset, trainer, fold, configuration, plans_name, device, settings)
+        logger.info("training %s -> %s", type(instance).__name__, Path(instance.fold_folder))
+        instance.run()
     return instance
+
+
+def _run_rank(*args: object) -> None:
+    run_training(*args)  # type: ignore[arg-type]  # the trainer object stays in the rank
+
+
+def run_training_distributed(num_processes: int, dataset: str | int, trainer: str, fold: int | str | None = None,
+                             configuration: str | None = None, plans_name: str | None = None,
+                             device: str | torch.device = "auto", settings: TrainerSettings | None = None,
+                             verbose: bool = False) -> None:
+    """:func:`run_training` in ``num_processes`` ranks on this machine: one per GPU, or gloo on the CPU."""
+    if num_processes < 1:
+        raise ValueError(f"--num_gpus must be >= 1, got {num_processes}")
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and num_processes > torch.cuda.device_count():
+        raise RuntimeError(f"--num_gpus {num_processes} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if resolved.type == "mps":
+        raise ValueError("--num_gpus needs CUDA devices or --device cpu (gloo); MPS is not supported")
+    if num_processes == 1:
+        run_training(dataset, trainer, fold, configuration, plans_name, resolved, settings)
+        return
+    # fork starts CPU ranks in a fraction of spawn's time (no re-import); CUDA needs fresh interpreters
+    start_method = "fork" if resolved.type == "cpu" and sys.platform.startswith("linux") else "spawn"
+    launch(num_processes, _run_rank, dataset, trainer, fold, configuration, plans_name, str(resolved), settings,
+           verbose=verbose, start_method=start_method)

@@ -30,8 +30,9 @@ def task_key(source: str, target: str) -> str:
 
 
 def default_num_workers() -> int:
-    """Background loader processes: one per spare core, at most 8 (0 on a single core)."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Background loader processes: the spare cores shared by this machine's ranks, at most 8 (0 on one core)."""
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(8, ((os.cpu_count() or 1) - ranks) // ranks))
 
 
 @dataclass

@@ -29,6 +29,7 @@ from unisyn_v2.networks.factory import build_synthesis_network
 from unisyn_v2.networks.slice_adapter import SlicesAsChannels
 from unisyn_v2.networks.text_artifact import (
     ARTIFACT_FOLDER_NAME, copy_text_encoder_artifact, load_text_encoder_artifact, neuroclip_model_folder,
+    read_text_encoder_config,
 )
 from unisyn_v2.preprocessing.case_store import preprocessed_case_ids
 from unisyn_v2.training.data.augmentation import AugmentationParams
@@ -91,7 +92,8 @@ class SynthesisTrainer(TrainerBase):
             splits = validate_splits(read_json(path), all_ids, path)
         else:
             splits = make_splits(all_ids)
-            write_json_atomic(path, splits)
+            if self.distributed.is_main:
+                write_json_atomic(path, splits)
         return fold_cases(splits, self.fold, all_ids)
 
     def augmentation_params(self) -> AugmentationParams:
@@ -99,20 +101,21 @@ class SynthesisTrainer(TrainerBase):
         return AugmentationParams()
 
     def build_dataloaders(self) -> tuple[PatchLoader, PatchLoader | None]:
-        """Endless augmented training batches; a fixed set of unaugmented validation batches."""
+        """Endless augmented training batches; a fixed set of unaugmented validation batches (this rank's share)."""
         fraction = self.plans.training.foreground_fraction_min
+        items = self.distributed.shard(self.batch_size)
         cases = CaseCollection(self.data_folder, self.train_cases)
         sampler = PairSampler(cases.case_modalities(), self.tasks, seed=self.settings.seed)
         self.trained_tasks = [task_key(s, t) for s, t in sampler.tasks()]
         builder = BatchBuilder(cases, sampler, self.patch_size, self.batch_size, self.is_slab, self.settings.seed,
-                               "train", self.augmentation_params(), fraction)
+                               "train", self.augmentation_params(), fraction, items=items)
         train = PatchLoader(builder, self.settings.resolved_num_workers)
         val = None
         try:
             val_cases = CaseCollection(self.data_folder, self.val_cases)
             val_sampler = PairSampler(val_cases.case_modalities(), self.tasks, seed=self.settings.seed)
             val_builder = BatchBuilder(val_cases, val_sampler, self.patch_size, self.batch_size, self.is_slab,
-                                       self.settings.seed, "val", None, fraction)
+                                       self.settings.seed, "val", None, fraction, items=items)
             val = PatchLoader(val_builder, 0, num_batches=self.validation_iterations, restart_each_iteration=True)
         except ValueError as error:
             logger.warning("no validation batches: %s", error)
@@ -136,7 +139,11 @@ class SynthesisTrainer(TrainerBase):
         local = self.model_folder / ARTIFACT_FOLDER_NAME
         source = self.text_encoder_source()
         if not (self.settings.continue_training or self.settings.validation_only) or not (local / "config.json").is_file():
-            copy_text_encoder_artifact(source, local)  # FileNotFoundError says: run unisyn_train <D> neuroclip
+            if self.distributed.is_main:
+                copy_text_encoder_artifact(source, local)  # FileNotFoundError says: run unisyn_train <D> neuroclip
+            else:
+                read_text_encoder_config(source)  # the same error on every rank rather than a hang
+        self.distributed.barrier()  # the other ranks read rank 0's copy
         tokenizer, encoder = load_text_encoder_artifact(local, self.device)
         return TextConditioner(tokenizer, encoder, normalize=False, device=self.device)  # already normalised
 
@@ -210,13 +217,17 @@ class SynthesisTrainer(TrainerBase):
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """L1 of source -> target (+ target -> source when ``both_directions``)."""
-        b = self.batch_to_device(batch)
-        with self.autocast():
-            synthesis = self.network(b["source"], b["source_text"], b["target_text"]).synthesis
+        def forward(network: nn.Module, b: dict[str, Any]) -> torch.Tensor:
+            synthesis = network(b["source"], b["source_text"], b["target_text"]).synthesis
             loss = weighted_l1(synthesis, b["target"], b["weight"])
             if self.both_directions:
-                back = self.network(b["target"], b["target_text"], b["source_text"]).synthesis
+                back = network(b["target"], b["target_text"], b["source_text"]).synthesis
                 loss = loss + weighted_l1(back, b["source_clean"], b["weight"])
+            return loss
+
+        b = self.batch_to_device(batch)
+        with self.autocast():
+            loss = self.run_network(forward, b)
         self.optimize(loss)
         return {"loss": float(loss.detach())}
 

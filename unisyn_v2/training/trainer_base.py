@@ -18,6 +18,10 @@ Subclasses override hooks, never the loop:
 ``extra_checkpoint_state()`` / ``load_extra_checkpoint_state(state)``: anything else to resume
 ==========================  =================================================================
 
+Distributed (torchrun / ``--num_gpus``, :mod:`unisyn_v2.training.distributed`): ``train_step`` runs its
+network calls through :meth:`run_network` (one DDP forward, so backward all-reduces the gradients),
+epoch logs are averaged over ranks, and only rank 0 (``self.distributed.is_main``) writes files.
+
 Data contract: the train iterable is iterated once for the whole run (``next`` is called
 ``iterations_per_epoch`` times per epoch); the validation iterable is iterated afresh every epoch
 (``validation_iterations`` batches at most). If the train iterable has ``state_dict()`` /
@@ -43,8 +47,9 @@ import torch
 from torch import nn
 
 from unisyn_v2.experiment_planning.plans import Plans
-from unisyn_v2.io_utils import write_json_atomic
+from unisyn_v2.io_utils import remove_stale_temp_files, write_json_atomic
 from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkpoint, seed_everything
+from unisyn_v2.training.distributed import DistributedContext
 from unisyn_v2.training.progress import ProgressLogger, attach_file_log, detach_file_log, format_epoch_line
 from unisyn_v2.training.schedule import StepDecayScheduler
 from unisyn_v2.training.settings import TrainerSettings
@@ -61,6 +66,8 @@ class TrainerBase(CheckpointMixin):
     default_configuration: ClassVar[str | None] = None  # None: the plans' default configuration
     default_fold: ClassVar[int | str] = 0
     plot_every_s: ClassVar[float] = 30.0  # redraw progress.png at most this often (and after the last epoch)
+    supports_distributed: ClassVar[bool] = True  # False: refuse torchrun / --num_gpus
+    ddp_find_unused_parameters: ClassVar[bool] = False  # True when a step leaves trainable parameters unused
 
     def __init__(self, plans: Plans, configuration: str, fold: int | str, dataset_name: str,
                  preprocessed_folder: Path, output_folder: Path, device: torch.device,
@@ -74,6 +81,9 @@ class TrainerBase(CheckpointMixin):
         self.fold_folder = self.model_folder / f"fold_{self.fold}"
         self.device = torch.device(device)
         self.settings = settings or TrainerSettings()
+        self.distributed = DistributedContext.current()
+        if self.distributed.enabled and not self.supports_distributed:
+            raise ValueError(f"{type(self).__name__} trains in one process; run it without torchrun / --num_gpus")
         epochs, iterations, val_iterations, lr = self.plan_schedule()
         self.num_epochs = self.settings.num_epochs or epochs
         self.iterations_per_epoch = self.settings.iterations_per_epoch or iterations
@@ -83,6 +93,7 @@ class TrainerBase(CheckpointMixin):
         self.use_amp = self.device.type == "cuda"
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.network: nn.Module | None = None
+        self._network_call: Any = None  # set by initialize(): the network, DDP-wrapped when distributed
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler: Any = None
         self.train_loader: Iterable[Any] | None = None
@@ -184,11 +195,16 @@ class TrainerBase(CheckpointMixin):
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.network = self.build_network().to(self.device)
+        self._network_call = self.distributed.wrap(self.network, self.device, self.ddp_find_unused_parameters)
         self.build_losses()
         self.optimizer = self.build_optimizer()
         self.lr_scheduler = self.build_lr_scheduler()
         self.train_loader, self.val_loader = self.build_dataloaders()
         self.was_initialized = True
+
+    def run_network(self, function: Any, *args: Any) -> Any:
+        """``function(network, *args)`` for a training step; under DDP one forward, so backward syncs gradients."""
+        return self._network_call(function, *args)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Mixed precision on CUDA, a no-op elsewhere."""
@@ -234,20 +250,27 @@ class TrainerBase(CheckpointMixin):
                 for _, batch in zip(range(self.validation_iterations), self.val_loader):
                     for key, value in self.validation_step(batch).items():
                         sums.setdefault(f"val_{key}", []).append(float(value))
-        logs = {key: float(np.nanmean(values)) if values else float("nan") for key, values in sums.items()}
+        logs = self.distributed.reduce_means(sums)  # the mean over every rank's batches
         logs["lr"] = lr
         logs["epoch_time"] = time.perf_counter() - start
         return logs
 
     def run(self) -> dict[str, Any] | None:
         """Train (or resume, or only validate) and return the final validation summary."""
-        handler = attach_file_log(self.fold_folder / "training_log.txt")
+        main = self.distributed.is_main
+        if main:
+            remove_stale_temp_files(self.model_folder, self.fold_folder, self.fold_folder / "validation",
+                                    self.model_folder / "text_encoder")
+        handler = attach_file_log(self.fold_folder / "training_log.txt") if main else None
         try:
             self.initialize()
             if self.settings.validation_only:
+                if not main:
+                    return None
                 self.load_checkpoint(self.fold_folder / "checkpoint_final.pth", restore_training_state=False)
                 return self.final_validation()
-            self.write_model_folder()
+            if main:
+                self.write_model_folder()
             if self.settings.continue_training:
                 resume = find_resume_checkpoint(self.fold_folder)
                 if resume is None:
@@ -257,7 +280,7 @@ class TrainerBase(CheckpointMixin):
             elif self.settings.pretrained_weights is not None:
                 self.load_pretrained_weights(self.settings.pretrained_weights)
             self._train()
-            return self.final_validation() if self.settings.final_validation else None
+            return self.final_validation() if self.settings.final_validation and main else None
         except KeyboardInterrupt:
             logger.error("interrupted in epoch %d; continue with the same command plus --c", self.current_epoch + 1)
             raise
@@ -266,12 +289,16 @@ class TrainerBase(CheckpointMixin):
                 close = getattr(loader, "close", None)
                 if callable(close):
                     close()
-            detach_file_log(handler)
+            if handler is not None:
+                detach_file_log(handler)
 
     def _train(self) -> None:
         logger.info("%s: %s fold %s, %d epochs x %d iterations, device %s, starting at epoch %d",
                     type(self).__name__, self.dataset_name, self.fold, self.num_epochs, self.iterations_per_epoch,
                     self.device, self.current_epoch + 1)
+        if self.distributed.enabled:
+            logger.info("data-parallel: %d processes (%s backend), the batch split across them",
+                        self.distributed.world_size, torch.distributed.get_backend())
         assert self.train_loader is not None
         train_iterator = iter(self.train_loader)
         last_plot = -float("inf")
@@ -291,9 +318,11 @@ class TrainerBase(CheckpointMixin):
                 logger.info("new best %s %.4f", self.best_metric_key, value)
             if self.current_epoch % self.settings.save_every == 0 or self.current_epoch == self.num_epochs:
                 self.save_checkpoint("checkpoint_latest.pth")
-            if time.monotonic() - last_plot >= self.plot_every_s or self.current_epoch == self.num_epochs:
+            if self.distributed.is_main and (time.monotonic() - last_plot >= self.plot_every_s
+                                             or self.current_epoch == self.num_epochs):
                 self.progress.plot(self.fold_folder / "progress.png", f"{type(self).__name__} fold {self.fold}")
                 last_plot = time.monotonic()
         self.save_checkpoint("checkpoint_final.pth")
-        (self.fold_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
+        if self.distributed.is_main:
+            (self.fold_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
         self.on_train_end()

@@ -1,9 +1,11 @@
 """Batches of (source, target) patches, in-process or from background processes, resumable exactly.
 
 Every batch is a pure function of (seed, stream, batch index): :class:`BatchBuilder` seeds a fresh
-generator with ``[seed, stream, index]`` for each batch. So the loader's whole state is the index of
-the next batch, batches do not depend on the number of workers, and ``--c`` regenerates exactly the
-batches an uninterrupted run would have seen. With ``num_workers > 0``, worker w builds batches
+generator with ``[seed, stream, index, item]`` for each item of each batch. So the loader's whole state
+is the index of the next batch, batches do not depend on the number of workers, ``--c`` regenerates
+exactly the batches an uninterrupted run would have seen, and under data-parallel training each rank
+builds its own slice ``items`` of the same global batch (different pairs per rank, the same global
+batch for any number of ranks). With ``num_workers > 0``, worker w builds batches
 ``start + w, start + w + n, ...`` into its own queue and the main process reads the queues in turn.
 Workers use numpy/scipy only (and set torch to one thread, see the batchgenerators hang note).
 """
@@ -36,12 +38,13 @@ class BatchBuilder:
     ``source_clean`` (the source before intensity augmentation, the ground truth of the reverse
     direction), ``mask`` (uint8 brain mask, warped with the images), ``case_ids``, ``tasks``
     (``"T1w->CT"``), ``source_descriptions`` / ``target_descriptions`` (ImageDescription lists), ``index``.
+    ``batch_size`` is the global batch; ``items`` ``(start, stop)`` selects this rank's share of it.
     """
 
     def __init__(self, cases: CaseCollection, sampler: PairSampler, patch_size: tuple[int, int, int],
                  batch_size: int, is_slab: bool, seed: int, stream: str = "train",
                  augmentation: AugmentationParams | None = None, foreground_fraction_min: float = 0.25,
-                 background_keep_probability: float = 0.1) -> None:
+                 background_keep_probability: float = 0.1, items: tuple[int, int] | None = None) -> None:
         self.cases = cases
         self.sampler = sampler
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -52,20 +55,24 @@ class BatchBuilder:
         self.augmentation = augmentation if augmentation is not None else NO_AUGMENTATION
         self.foreground_fraction_min = foreground_fraction_min
         self.background_keep_probability = background_keep_probability
+        self.items = (0, self.batch_size) if items is None else (int(items[0]), int(items[1]))
+        if not 0 <= self.items[0] < self.items[1] <= self.batch_size:
+            raise ValueError(f"items {self.items} is not a non-empty range of a batch of {self.batch_size}")
 
-    def rng_for(self, index: int) -> np.random.Generator:
-        """The generator of batch ``index``."""
-        return np.random.default_rng([self.seed, self.stream, int(index)])
+    def rng_for(self, index: int, item: int) -> np.random.Generator:
+        """The generator of item ``item`` of batch ``index``."""
+        return np.random.default_rng([self.seed, self.stream, int(index), int(item)])
 
     def make_batch(self, index: int) -> dict[str, Any]:
-        """Build batch ``index`` (deterministic)."""
-        rng = self.rng_for(index)
-        shape = (self.batch_size, 1, *self.patch_size)
+        """Build (this rank's items of) batch ``index`` (deterministic)."""
+        start, stop = self.items
+        shape = (stop - start, 1, *self.patch_size)
         batch: dict[str, Any] = {"source": np.empty(shape, np.float32), "target": np.empty(shape, np.float32),
                                  "source_clean": np.empty(shape, np.float32), "mask": np.empty(shape, np.uint8),
                                  "case_ids": [], "tasks": [], "source_descriptions": [],
                                  "target_descriptions": [], "index": int(index)}
-        for b in range(self.batch_size):
+        for b, item in enumerate(range(start, stop)):
+            rng = self.rng_for(index, item)
             pair = self.sampler.sample(rng)
             data, mask = self.cases.arrays(pair.case_id)
             start = choose_patch_start(mask, self.patch_size, rng, self.foreground_fraction_min,
