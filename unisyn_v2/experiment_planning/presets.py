@@ -40,7 +40,7 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         "cpu", 32, 4, 32, (64, 32, 32), 4,
         TextEncoderPlan(context_length=224, width=64, layers=2, heads=4, embed_dim=64),
-        NeuroCLIPPlan(image_size=(32, 32, 32), downsample=2, image_widths=(16, 32, 64), num_epochs=15,
+        NeuroCLIPPlan(image_size=(32, 32, 32), downsample=2, image_widths=(16, 32, 64), num_epochs=30,
                       iterations_per_epoch=20, initial_lr=1e-3, max_batch_classes=32),
         # A short CPU schedule: the paper's lr of 1e-4 needs hundreds of epochs; 1e-3 converges in minutes.
         TrainingPlan(num_epochs=20, iterations_per_epoch=25, validation_iterations=4, initial_lr=1e-3),
