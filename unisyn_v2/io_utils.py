@@ -8,6 +8,7 @@ the temp file of a live writer (another fold training into the same model folder
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -106,15 +107,17 @@ def copy_file_atomic(source: Path, destination: Path) -> Path:
 def write_json_atomic(path: Path, data: Any, indent: int = 2) -> Path:
     """Write JSON via a temp file in the same folder and a rename, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".json", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(data, stream, indent=indent, allow_nan=False)
             stream.write("\n")
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_failure(path, error) from error
         raise
     return path
 
@@ -134,3 +137,23 @@ def confined_path(root: Path, relative: str) -> Path:
     if Path(relative).is_absolute() or not candidate.is_relative_to(root_resolved):
         raise ValueError(f"path {relative!r} escapes the folder {root}; paths must be relative and stay inside it")
     return candidate
+
+
+def ensure_folder(folder: Path) -> Path:
+    """``mkdir -p`` with an error that says so when a file stands where a folder must go."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot create the folder {folder}: {blocking} is a file, not a "
+                                 "folder; remove it or choose another output folder") from None
+    return folder
+
+
+def write_failure(path: Path, error: OSError) -> OSError:
+    """The error to raise when writing ``path`` failed (disk full, read-only ...): names the file and the fix."""
+    reason = error.strerror or str(error) or type(error).__name__
+    full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    hint = "free some disk space" if full else "check the folder's permissions and free space"
+    return OSError(error.errno, f"cannot write {path}: {reason}; {hint}, then rerun")

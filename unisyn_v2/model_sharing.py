@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from unisyn_v2.io_utils import temp_prefix
+from unisyn_v2.io_utils import temp_prefix, write_failure
 from unisyn_v2.paths import results_dir
 
 logger = logging.getLogger(__name__)
@@ -71,14 +71,22 @@ def install_model(archive_path: Path, destination: Path | None = None, overwrite
     """Unpack a model zip into the results folder; returns the installed model folder."""
     destination = Path(destination) if destination is not None else results_dir()
     root = destination.resolve()
-    with zipfile.ZipFile(archive_path) as archive:
+    try:
+        archive = zipfile.ZipFile(archive_path)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{archive_path}: not a readable zip file ({error}); export the model again with "
+                         "unisyn_export_model") from None
+    with archive:
         names = [n for n in archive.namelist() if n != MANIFEST and not n.endswith("/")]
         tops = set()
         for name in names:
             target = (root / name).resolve()
             parts = Path(name).parts
-            if Path(name).is_absolute() or ".." in parts or not target.is_relative_to(root) or len(parts) < 3:
+            if Path(name).is_absolute() or ".." in parts or not target.is_relative_to(root):
                 raise ValueError(f"{archive_path}: entry {name!r} would escape {root}; refusing to install")
+            if len(parts) < 3:
+                raise ValueError(f"{archive_path}: entry {name!r} is not inside a <Dataset>/<Trainer>__<plans>__<config>/ "
+                                 "folder; this is not a unisyn_v2 model zip (make one with unisyn_export_model)")
             tops.add(Path(parts[0]) / parts[1])
         if len(tops) != 1:
             raise ValueError(f"{archive_path}: expected one model folder, found {sorted(map(str, tops))}")
@@ -91,10 +99,28 @@ def install_model(archive_path: Path, destination: Path | None = None, overwrite
             for name in names:
                 archive.extract(name, staging)
             model_folder.parent.mkdir(parents=True, exist_ok=True)
-            if model_folder.exists():
-                shutil.rmtree(model_folder)
-            shutil.move(str(staging / model_relative), model_folder)
+            _replace_folder(staging / model_relative, model_folder)
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{archive_path}: damaged zip file ({error}); copy or export the model again") from None
+        except OSError as error:
+            raise write_failure(model_folder, error) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("installed %s", model_folder)
     return model_folder
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing ``target`` is set aside first and put back if the move fails."""
+    backup = target.with_name(f".tmp_replaced_{target.name}") if target.exists() else None
+    if backup is not None:
+        os.replace(target, backup)
+    try:
+        shutil.move(str(new), target)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        if backup is not None:
+            os.replace(backup, target)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

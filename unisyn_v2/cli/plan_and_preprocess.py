@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from unisyn_v2.cli.common import add_common_arguments, run_cli
+from unisyn_v2.cli.common import EXIT_USER_ERROR, add_common_arguments, run_cli
 from unisyn_v2.dataset.description import DatasetError
 from unisyn_v2.experiment_planning import api
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME
@@ -36,10 +36,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _report_dataset_error(error: DatasetError) -> int:
-    print(f"{error.source}: {len(error.problems)} problem(s) found; nothing was written:", file=sys.stderr)
-    for problem in error.problems:
+    print(f"error: {error.source}: {error.headline()}; nothing was written", file=sys.stderr)
+    for problem in error.problems[1:]:
         print(f"  - {problem}", file=sys.stderr)
-    return 1
+    return EXIT_USER_ERROR
 
 
 def _guarded(body):  # noqa: ANN001, ANN202 - a tiny decorator for the CLI bodies

@@ -46,8 +46,13 @@ class DatasetError(ValueError):
     def __init__(self, source: Path, problems: list[Problem]):
         self.source = source
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+        super().__init__(f"{source}: {self.headline()}" + "".join(f"\n  - {p}" for p in problems[1:]))
+
+    def headline(self) -> str:
+        """One line: the only problem, or the count and the first one (the rest follow on their own lines)."""
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        return f"{len(self.problems)} problems; the first: {self.problems[0]}"
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def load_dataset_description(root: Path, read_sidecars: bool = True) -> DatasetD
     if not isinstance(data, dict):
         raise DatasetError(source, [Problem("the top level must be a JSON object")])
     for key in sorted(set(data) - _TOP_KEYS):
-        problems.append(Problem(f"unknown top-level key (known: {', '.join(sorted(_TOP_KEYS))})", field=key))
+        problems.append(Problem(f"unknown top-level key; remove or rename it (known: {', '.join(sorted(_TOP_KEYS))})", field=key))
     raw_cases = data.get("cases")
     if not isinstance(raw_cases, list) or not raw_cases:
         problems.append(Problem("'cases' must be a non-empty list of case objects", field="cases"))
@@ -134,7 +139,7 @@ def load_dataset_description(root: Path, read_sidecars: bool = True) -> DatasetD
         if case is None:
             continue
         if case.case_id in seen_ids:
-            problems.append(Problem("duplicated case id", case=case.case_id, field="id"))
+            problems.append(Problem("duplicated case id; give every case its own id", case=case.case_id, field="id"))
             continue
         seen_ids.add(case.case_id)
         cases.append(case)
@@ -153,7 +158,8 @@ def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], read_
         problems.append(Problem(f"'id' must be a non-empty string without '/' (got {case_id!r})", case=label, field="id"))
         return None
     for key in sorted(set(raw) - _CASE_KEYS):
-        problems.append(Problem(f"unknown case key (known: {', '.join(sorted(_CASE_KEYS))})", case=case_id, field=key))
+        problems.append(Problem(f"unknown case key; remove or rename it (known: {', '.join(sorted(_CASE_KEYS))})",
+                                case=case_id, field=key))
     try:
         subject = SubjectMetadata.from_dict(raw.get("subject") or {}, where="subject")
     except MetadataError as error:
@@ -187,7 +193,12 @@ def _parse_image(root: Path, raw: Any, case_id: str, problems: list[Problem], re
             problems.append(Problem(f"'file' must be a string (got {file!r})", case=case_id, field="file"))
         return None
     for key in sorted(set(raw) - _IMAGE_KEYS):
-        problems.append(Problem(f"unknown image key (known: {', '.join(sorted(_IMAGE_KEYS))})", case=case_id, file=file, field=key))
+        problems.append(Problem(f"unknown image key; remove or rename it (known: {', '.join(sorted(_IMAGE_KEYS))})",
+                                case=case_id, file=file, field=key))
+    if "modality" not in raw:
+        problems.append(Problem("'modality' is missing; name the image's modality (e.g. T1w, CT, FDG-PET)",
+                                case=case_id, file=file, field="modality"))
+        return None
     try:
         modality = get_modality(raw.get("modality", "")).name
     except UnknownModalityError as error:

@@ -6,8 +6,12 @@ that an output written with the input's geometry matches it exactly, oblique dir
 
 from __future__ import annotations
 
+import errno
+import gzip
 import os
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from unisyn_v2.io_utils import temp_prefix
+from unisyn_v2.io_utils import ensure_folder, temp_prefix, write_failure
 
 READABLE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
@@ -108,7 +112,11 @@ def read_geometry(path: Path) -> Geometry:
 
 
 def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D image as float32 (z, y, x) with its geometry; scl_slope/inter are applied by the reader."""
+    """Read a 3D image as float32 (z, y, x) with its geometry; scl_slope/inter are applied by the reader.
+
+    NIfTI files are also checked for what SimpleITK lets pass silently: a truncated file (read as
+    zeros), a zero voxel spacing (read as 1 mm) and scaled intensities that overflow float32.
+    """
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -118,9 +126,60 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
             f"{path}: must be a 3D single-channel image (got {image.GetDimension()}D with "
             f"{image.GetNumberOfComponentsPerPixel()} component(s)); split 4D series into 3D volumes"
         )
+    is_nifti = str(path).endswith((".nii", ".nii.gz"))
+    if is_nifti:
+        _check_nifti_file(Path(path))
     array = sitk.GetArrayFromImage(image)
     # Cast in float64 first so large integer types do not overflow or lose sign on the way.
-    return np.asarray(array, dtype=np.float64).astype(np.float32), Geometry.of(image)
+    values = np.asarray(array, dtype=np.float64)
+    if array.dtype.itemsize == 8 and array.dtype.kind in "iu" and values.size and np.abs(values).max() >= 2.0**53:
+        raise ImageReadError(f"{path}: 64-bit integer intensities beyond +-2^53 cannot be read exactly; "
+                             "save the image as float32 or int32")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values.astype(np.float32)
+    if is_nifti and not np.isfinite(out).all():  # the NIfTI reader zeroes stored NaN/inf: these come from scaling
+        slope, inter = (image.GetMetaData(k) if image.HasMetaDataKey(k) else "?" for k in ("scl_slope", "scl_inter"))
+        raise ImageReadError(f"{path}: intensities overflow float32 after the header scaling (scl_slope {slope}, "
+                             f"scl_inter {inter}); fix the scaling in the header or store the data as float32")
+    return out, Geometry.of(image)
+
+
+def _check_nifti_file(path: Path) -> None:
+    """Raise ImageReadError for a truncated NIfTI file or a zero voxel spacing in its header."""
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        with nibabel.openers.ImageOpener(str(path)) as stream:  # unchecked: loading 'fixes' a zero pixdim to 1
+            pixdim = type(image.header).from_fileobj(stream, check=False)["pixdim"][1:4]
+        proxy = image.dataobj
+    except Exception as error:  # noqa: BLE001 - nibabel raises many types for a broken header
+        raise ImageReadError(f"{path}: cannot read the NIfTI header ({error})") from None
+    if np.any(np.asarray(pixdim, dtype=np.float64) == 0):
+        raise ImageReadError(f"{path}: the header gives a zero voxel spacing (pixdim {list(map(float, pixdim))}); "
+                             "fix the header (readers would silently assume 1 mm)")
+    expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+    if _stored_size(path, expected) < expected:
+        raise ImageReadError(f"{path}: the file is truncated (holds less than the {expected} bytes its header "
+                             "announces); copy or export it again")
+
+
+def _stored_size(path: Path, expected: int) -> int:
+    """Bytes of NIfTI data in the file (decompressed); the gzip trailer avoids a second pass when it agrees."""
+    if not str(path).endswith(".gz"):
+        return path.stat().st_size
+    with open(path, "rb") as stream:
+        stream.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", stream.read(4))[0] == expected % 2**32:
+            return expected
+    size = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 24):
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return size
+    return size
 
 
 def count_nonfinite_voxels(path: Path) -> int:
@@ -133,7 +192,11 @@ def count_nonfinite_voxels(path: Path) -> int:
     if name.endswith((".nii", ".nii.gz")):
         import nibabel
 
-        data = np.asanyarray(nibabel.load(name).dataobj)
+        try:
+            data = np.asanyarray(nibabel.load(name).dataobj)
+        except Exception as error:  # noqa: BLE001 - truncated or corrupt files raise many types
+            raise ImageReadError(f"{path}: cannot read the voxel data ({type(error).__name__}: {error}); "
+                                 "is the file complete?") from None
         return int(data.size - np.isfinite(data).sum()) if np.issubdtype(data.dtype, np.floating) else 0
     array, _ = read_image(Path(path))
     return int(array.size - np.isfinite(array).sum())
@@ -149,15 +212,19 @@ def write_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type =
     image.SetSpacing(geometry.spacing_xyz)
     image.SetOrigin(geometry.origin_xyz)
     image.SetDirection(geometry.direction)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     ending = next((e for e in READABLE_ENDINGS if path.name.endswith(e)), path.suffix)
     handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=ending, dir=path.parent)
     os.close(handle)
     try:
         sitk.WriteImage(image, temp, useCompression=True)
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_failure(path, error) from error
+        if isinstance(error, RuntimeError):  # SimpleITK reports a failed write (disk full ...) this way
+            raise write_failure(path, OSError(errno.EIO, _first_line(error))) from error
         raise
     return path
 

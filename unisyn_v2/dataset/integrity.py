@@ -70,7 +70,8 @@ def _check_case(description: DatasetDescription, case_id: str) -> list[Problem]:
 
 def _check_image(path: Path, case_id: str, file: str, is_mask: bool) -> tuple[Geometry | None, list[Problem]]:
     if not path.is_file():
-        return None, [Problem("file does not exist", case=case_id, file=file, field="file")]
+        return None, [Problem("file does not exist; fix the path (relative to the dataset folder) or add the file",
+                              case=case_id, file=file, field="file")]
     try:
         array, geometry = read_image(path)
     except ImageReadError as error:
@@ -85,7 +86,8 @@ def _check_image(path: Path, case_id: str, file: str, is_mask: bool) -> tuple[Ge
                     case=case_id, file=file, field="intensities")
         )
     elif not np.any(array):
-        problems.append(Problem("image is all zeros", case=case_id, file=file, field="intensities"))
+        problems.append(Problem("image is all zeros; re-export it (an empty volume cannot be normalised)",
+                                case=case_id, file=file, field="intensities"))
     elif is_mask and not np.all(np.isin(np.unique(array), (0.0, 1.0))):
         problems.append(Problem("brain mask must hold only 0 and 1", case=case_id, file=file, field="brain_mask"))
     return geometry, problems

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-import SimpleITK as sitk
 
+from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.evaluation.protocols import Protocol, evaluate_pair
+from unisyn_v2.io_utils import ensure_folder, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ def match_masks(ref_files: list[Path], mask_files: list[Path]) -> dict[str, Path
 
 
 def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    image = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(image), tuple(image.GetSpacing())
+    array, geometry = read_image(path)  # errors name the file; truncated NIfTI files are refused, not zero-filled
+    return array, geometry.spacing_xyz
 
 
 def json_safe(value: Any) -> Any:
@@ -120,15 +121,17 @@ def json_safe(value: Any) -> Any:
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write text via a temporary file in the same folder and os.replace (no torn files)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise write_failure(path, error) from error
         raise
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 from unisyn_v2.dataset.image_io import Geometry, write_image
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.inference.inputs import GENERATOR_NAME
-from unisyn_v2.io_utils import write_json_atomic
+from unisyn_v2.io_utils import write_failure, write_json_atomic
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.preprocessing.case_preprocessor import restore_prediction
 
@@ -113,8 +114,16 @@ def export_prediction(prediction: np.ndarray, properties: dict[str, Any], plans:
         raise RuntimeError(f"{image_path}: restored shape {array.shape} differs from the source grid {geometry.shape_zyx}")
     if not np.isfinite(array).all():
         raise RuntimeError(f"{image_path}: the prediction holds non-finite values; the model or its input is broken")
-    write_image(image_path, array, geometry, dtype=np.float32)
-    sidecar = {**sidecar, "unit": unit}
-    write_json_atomic(Path(image_path).with_name(Path(image_path).name[: -len(OUTPUT_ENDING)] + ".json"), sidecar)
+    sidecar_path = Path(image_path).with_name(Path(image_path).name[: -len(OUTPUT_ENDING)] + ".json")
+    try:
+        staged = write_json_atomic(sidecar_path.with_name(f".tmp_staged_{sidecar_path.name}"), {**sidecar, "unit": unit})
+    except OSError as error:  # name the sidecar, not its staging file
+        raise write_failure(sidecar_path, OSError(error.errno, os.strerror(error.errno) if error.errno else str(error))) from error
+    try:  # the sidecar is staged first, so a failed write (disk full) leaves the previous outputs as they were
+        write_image(image_path, array, geometry, dtype=np.float32)
+        os.replace(staged, sidecar_path)  # last: a case is finished exactly when its sidecar exists
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
     logger.info("wrote %s (%s)", image_path, unit)
     return Path(image_path), unit

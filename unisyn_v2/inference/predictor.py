@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from unisyn_v2.dataset.ids import resolve_dataset_name
-from unisyn_v2.dataset.image_io import Geometry, read_image
+from unisyn_v2.dataset.image_io import Geometry, count_nonfinite_voxels, read_image
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.inference.export import build_sidecar, export_prediction, output_paths, select_cases_to_run
 from unisyn_v2.inference.inputs import (
@@ -253,6 +253,17 @@ class UniSynPredictor:
         pad = float(normalizer.forward(np.array([normalizer.background_value], np.float32), params)[0])
         return self.predict_normalized(data, source, target, pad_value=pad), properties
 
+    def check_prompts(self, case_id: str, source: ImageDescription, target: ImageDescription) -> None:
+        """Fail before any work when a prompt does not fit the text encoder's context (224 tokens by default)."""
+        tokenizer = getattr(self.conditioner, "tokenizer", None)
+        if tokenizer is None:  # one-hot or prompt-free models read no prompt
+            return
+        for role, description in (("source", source), ("target", target)):
+            try:
+                tokenizer.encode(description.prompt())
+            except ValueError as error:
+                raise InputError(f"case {case_id}: the {role} ({description.modality}) {error}") from None
+
     def settings_description(self) -> dict[str, Any]:
         """Sliding-window settings for the sidecar."""
         return {**asdict(self.settings), "mirror_axes": list(self._mirror_axes()), "device": str(self.device)}
@@ -262,6 +273,10 @@ class UniSynPredictor:
         """Choose the source, predict, export ``<case>_<target>.nii.gz`` + sidecar; returns the image path."""
         chosen = choose_source(case, target.modality, self.trained_tasks, self.trained_modalities, source_image)
         image, geometry = read_image(chosen.path)
+        nonfinite = count_nonfinite_voxels(chosen.path)  # the NIfTI reader turns NaN into 0 silently
+        if nonfinite:
+            raise InputError(f"case {case.case_id}: {chosen.path} has {nonfinite} NaN or infinite voxel(s); replace "
+                             "them (e.g. by 0) and rerun")
         mask = read_image(case.brain_mask)[0] > 0 if case.brain_mask is not None else None
         if mask is not None and mask.shape != geometry.shape_zyx:
             logger.warning("case %s: brain mask %s has shape %s, the source %s has %s; mask ignored",
@@ -269,6 +284,7 @@ class UniSynPredictor:
             mask = None
         source = with_header_voxel_size(self.describe_source(chosen), geometry)
         target_description = self.target_description(target, source)
+        self.check_prompts(case.case_id, source, target_description)
         logger.info("case %s: %s -> %s", case.case_id, chosen.path.name, target.modality)
         prediction, properties = self.predict_image(image, geometry, source, target_description, mask, case.case_id, [str(chosen.path)])
         image_path, _ = output_paths(Path(output_folder), case.case_id, target.modality)
@@ -281,6 +297,10 @@ class UniSynPredictor:
                 continue_prediction: bool = False, overwrite: bool = False) -> list[Path]:
         """Predict every case found in ``inputs``; returns the written (or already finished) image paths."""
         target_spec = self.resolve_target(target)
+        output_folder = Path(output_folder)
+        existing = next((p for p in (output_folder, *output_folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise InputError(f"output folder {output_folder}: {existing} is a file, not a folder; pass another -o")
         source_spec = source if source is None or isinstance(source, DescriptionSpec) else parse_description_spec(source)
         cases = discover_cases(inputs, source_spec)
         if source_image is not None and len(cases) > 1:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from unisyn_v2.metadata.fields import ImageMetadata, MetadataError
+from unisyn_v2.metadata.fields import PLAUSIBLE_RANGES, ImageMetadata, MetadataError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def sidecar_path(image_path: Path) -> Path:
 def metadata_from_bids(sidecar: dict[str, Any], where: str = "sidecar") -> ImageMetadata:
     """Convert a BIDS sidecar dict into :class:`ImageMetadata` (times s -> ms; dose Bq -> MBq)."""
     values: dict[str, Any] = {}
+    given: dict[str, tuple[str, float]] = {}  # our field -> (BIDS key, value as written)
     for key, (name, factor) in _BIDS_NUMERIC.items():
         if sidecar.get(key) is not None:
             value = sidecar[key]
@@ -54,6 +55,7 @@ def metadata_from_bids(sidecar: dict[str, Any], where: str = "sidecar") -> Image
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise MetadataError(f"{where}.{key}: must be a number (got {value!r})")
             values[name] = float(value) * factor
+            given[name] = (key, float(value))
     for key, name in _BIDS_TEXT.items():
         if isinstance(sidecar.get(key), str):
             values[name] = sidecar[key]
@@ -62,10 +64,12 @@ def metadata_from_bids(sidecar: dict[str, Any], where: str = "sidecar") -> Image
         unit = str(sidecar.get("InjectedRadioactivityUnits", "MBq"))
         values["injected_dose"] = dose / 1e6 if unit == "Bq" else dose
     for name in ("repetition_time", "echo_time", "inversion_time"):
-        if name in values and values[name] > 100_000:
+        high = PLAUSIBLE_RANGES[name][1]
+        if name in values and values[name] > high:
+            key, value = given[name]
             raise MetadataError(
-                f"{where}: {name} of {values[name]:.0f} ms after the s -> ms conversion; BIDS times are in "
-                "seconds, this sidecar seems to give milliseconds"
+                f"{where}.{key}: {value:g} s is {values[name]:.0f} ms, above the plausible {high:.0f} ms for {name}; "
+                f"BIDS times are in seconds and this sidecar seems to give milliseconds (write {value / 1000:g})"
             )
     return ImageMetadata(**values)
 

@@ -12,6 +12,16 @@ from typing import Any
 
 PET_UNITS = ("SUV", "Bq/ml", "SUVR")
 SEXES = ("M", "F")
+PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {  # field -> [low, high] in the field's unit
+    "field_strength": (0.05, 11.8),
+    "repetition_time": (0.5, 30000.0),
+    "echo_time": (0.0, 2000.0),
+    "inversion_time": (0.0, 10000.0),
+    "flip_angle": (0.0, 180.0),
+    "kvp": (60.0, 160.0),
+    "injected_dose": (0.0, 2000.0),
+    "uptake_time": (0.0, 600.0),
+}
 
 
 class MetadataError(ValueError):
@@ -64,14 +74,8 @@ class ImageMetadata:
             if value is not None and not (low <= value <= high):
                 out.append(f"{name}: must be within [{low}, {high}] (got {value})")
 
-        check("field_strength", 0.05, 11.8)
-        check("repetition_time", 0.5, 30000.0)
-        check("echo_time", 0.0, 2000.0)
-        check("inversion_time", 0.0, 10000.0)
-        check("flip_angle", 0.0, 180.0)
-        check("kvp", 60.0, 160.0)
-        check("injected_dose", 0.0, 2000.0)
-        check("uptake_time", 0.0, 600.0)
+        for name, (low, high) in PLAUSIBLE_RANGES.items():
+            check(name, low, high)
         if self.echo_time is not None and self.repetition_time is not None and self.echo_time >= self.repetition_time:
             out.append(f"echo_time: must be shorter than repetition_time (TE {self.echo_time} ms >= TR {self.repetition_time} ms)")
         if self.voxel_size is not None and any(v <= 0 or v > 20 for v in self.voxel_size):

@@ -56,7 +56,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                            f"plain data, which could run code (an untrusted or foreign file?); unisyn_v2 only reads "
                            f"weights-only checkpoints ({str(error).splitlines()[0]})") from None
     except Exception as error:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"cannot read checkpoint {path}: {error}") from error
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise RuntimeError(f"cannot read checkpoint {path}: the file is damaged or incomplete ({reason}); copy it again "
+                           "or use another checkpoint") from error
     if not isinstance(state, dict) or "network_weights" not in state:
         raise RuntimeError(f"{path} is not a unisyn_v2 checkpoint (no 'network_weights')")
     version = state.get("format_version", CHECKPOINT_FORMAT_VERSION)
@@ -72,6 +74,32 @@ def find_resume_checkpoint(fold_folder: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def weight_mismatch(network: torch.nn.Module, state: dict[str, Any], allow_unexpected: bool = False) -> str | None:
+    """Why a checkpoint's ``network_weights`` do not fit ``network`` (one line), or None when they do."""
+    weights, own = state["network_weights"], network.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [] if allow_unexpected else [k for k in weights if k not in own]
+    reshaped = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return None
+    info = state.get("trainer_info") if isinstance(state.get("trainer_info"), dict) else {}
+    network_info = info.get("network") if isinstance(info.get("network"), dict) else {}
+    writer = f"written by {info.get('trainer_class', 'an unknown trainer')}"
+    writer += f" (network {network_info['kind']})" if network_info.get("kind") else ""
+    parts = [f"{len(keys)} {label} key(s), e.g. {keys[0]}" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("differently shaped", reshaped)) if keys]
+    return f"{writer}; {', '.join(parts)}"
+
+
+def load_network_weights(network: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Strict ``load_state_dict`` whose error is one line naming the file and the trainer that wrote it."""
+    problem = weight_mismatch(network, state)
+    if problem is not None:
+        raise RuntimeError(f"checkpoint {path} does not fit this {type(network).__name__}: {problem}; use a checkpoint "
+                           "of the same trainer, plans and configuration")
+    network.load_state_dict(state["network_weights"])
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -154,7 +182,7 @@ class CheckpointMixin:
         path = Path(path) if Path(path).is_absolute() or Path(path).exists() else self.fold_folder / str(path)
         state = load_checkpoint(path, map_location=self.device)
         assert self.network is not None and self.optimizer is not None
-        self.network.load_state_dict(state["network_weights"])
+        load_network_weights(self.network, state, path)
         if restore_training_state:
             self.optimizer.load_state_dict(state["optimizer_state"])
             if self.lr_scheduler is not None and state.get("lr_scheduler_state") is not None:
@@ -175,12 +203,13 @@ class CheckpointMixin:
         return state
 
     def load_pretrained_weights(self, path: Path) -> None:
-        """Initialise the network from another checkpoint's weights (shapes must match key by key)."""
+        """Initialise the network from another checkpoint's weights: every key of the network, same shapes
+        (like nnU-Net; keys only the checkpoint has are ignored)."""
         assert self.network is not None
-        weights = load_checkpoint(path, map_location=self.device)["network_weights"]
-        own = self.network.state_dict()
-        bad = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-        if bad:
-            raise ValueError(f"pretrained weights {path}: shape mismatch for {bad[:5]}")
-        missing, unexpected = self.network.load_state_dict(weights, strict=False)
-        logger.info("pretrained weights from %s (missing %d keys, ignored %d keys)", path, len(missing), len(unexpected))
+        state = load_checkpoint(path, map_location=self.device)
+        problem = weight_mismatch(self.network, state, allow_unexpected=True)
+        if problem is not None:
+            raise ValueError(f"pretrained weights {path} do not fit {type(self).__name__}'s network: {problem}; "
+                             "initialise from a checkpoint of the same network kind, plans and configuration")
+        _, unexpected = self.network.load_state_dict(state["network_weights"], strict=False)
+        logger.info("pretrained weights from %s (ignored %d keys)", path, len(unexpected))

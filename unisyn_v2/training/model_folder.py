@@ -19,7 +19,7 @@ from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.io_utils import read_json
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.text_artifact import load_text_encoder_artifact
-from unisyn_v2.training.checkpointing import load_checkpoint
+from unisyn_v2.training.checkpointing import load_checkpoint, load_network_weights
 from unisyn_v2.training.registry import resolve_trainer_class
 
 
@@ -64,8 +64,8 @@ def load_trained_model(model_folder: Path, fold: int | str = 0, checkpoint_name:
         raise ValueError(f"{trainer_info['trainer_class']} has no build_network_from_plans; it is not a synthesis model")
     configuration = trainer_info["configuration"]
     network = build(plans, configuration, trainer_info)
-    checkpoint = load_checkpoint(model_folder / f"fold_{fold}" / checkpoint_name, map_location="cpu")
-    network.load_state_dict(checkpoint["network_weights"])
+    checkpoint_path = model_folder / f"fold_{fold}" / checkpoint_name
+    load_network_weights(network, load_checkpoint(checkpoint_path, map_location="cpu"), checkpoint_path)
     is_slab = trainer_info.get("is_slab", plans.configuration(configuration).is_slab)
     network = volume_network(network, bool(is_slab)).to(device).eval()
     return network, build_conditioner(model_folder, trainer_info, device), trainer_info, plans

@@ -1,0 +1,253 @@
+"""The broken-input corpus of tests/test_broken_inputs.py: generators that break a good input in one way,
+the error each must produce, and the checks every failure must pass (exit 2, one ``error:`` line naming
+the file/case/field, no traceback, nothing half-written, inputs untouched).
+
+Each corpus entry maps a test id to ``(break_it, expected)``: ``break_it`` damages a freshly written
+input in place, ``expected`` lists substrings the ``error:`` line must contain.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel
+import numpy as np
+import SimpleITK as sitk
+
+T1 = "case_000/case_000_T1w.nii.gz"
+MASK = "case_000/case_000_brainmask.nii.gz"
+Breaker = Callable[[Path], Any]
+
+
+# ------------------------------------------------------------------ checks
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file (links by target), so any change to a folder shows."""
+    digest: dict[str, str] = {}
+    for path in sorted(Path(folder).rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            digest[key] = "link:" + os.readlink(path)
+        elif path.is_file():
+            digest[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Leftover temp files of the atomic writers."""
+    return [p for p in Path(folder).rglob("*") if p.name.startswith(".tmp") or p.name.endswith(".tmp")]
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file (not folder) below ``folder``."""
+    return [p for p in Path(folder).rglob("*") if p.is_file()] if Path(folder).exists() else []
+
+
+def assert_clean_error(rc: int, err: str, expected: tuple[str, ...]) -> str:
+    """Exit 2, exactly one ``error:`` line holding every expected text, no traceback; returns the line."""
+    assert rc == 2, f"exit {rc}, stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+# ------------------------------------------------------------ NIfTI tools
+def rewrite_nifti(path: Path, data: np.ndarray | None = None, dtype: Any = None, slope: float | None = None,
+                  inter: float = 0.0, pixdim: tuple[float, float, float] | None = None) -> None:
+    """Rewrite an image with nibabel: other stored data/dtype, raw scl_slope/scl_inter, raw pixdim."""
+    image = nibabel.load(str(path))
+    array = np.asarray(image.dataobj) if data is None else data
+    header = image.header.copy()
+    if dtype is not None:
+        header.set_data_dtype(dtype)
+        array = array.astype(dtype)
+    new = nibabel.Nifti1Image(array, image.affine, header, dtype=dtype)
+    if slope is not None:  # raw header fields, kept by nibabel.save for integer data of the header's dtype
+        new.header["scl_slope"], new.header["scl_inter"] = slope, inter
+    nibabel.save(new, str(path))
+    if pixdim is not None:  # nibabel 'fixes' a zero pixdim on save: patch the bytes (pixdim[1:4] at offset 80)
+        data = gzip.decompress(path.read_bytes())
+        path.write_bytes(gzip.compress(data[:80] + struct.pack("<3f", *pixdim) + data[92:]))
+
+
+def _float_with(value: float) -> Breaker:
+    def change(root: Path) -> None:
+        array = np.asarray(nibabel.load(str(root / T1)).dataobj, dtype=np.float32).copy()
+        array[3, 4, 5] = value
+        rewrite_nifti(root / T1, array, np.float32)
+    return change
+
+
+def _slope_overflow(root: Path) -> None:
+    array = np.asarray(nibabel.load(str(root / T1)).dataobj)
+    rewrite_nifti(root / T1, np.round(array).astype(np.int16) + 100, np.int16, slope=1e36)
+
+
+def _int64_extremes(root: Path) -> None:
+    array = np.zeros(nibabel.load(str(root / T1)).shape, np.int64)
+    array[::2] = np.iinfo(np.int64).max
+    array[1::2] = np.iinfo(np.int64).min
+    rewrite_nifti(root / T1, array, np.int64)
+
+
+def _truncate(root: Path) -> None:
+    data = (root / T1).read_bytes()
+    (root / T1).write_bytes(data[: len(data) // 2])
+
+
+def _shifted_spacing(root: Path) -> None:
+    image = sitk.ReadImage(str(root / T1))
+    image.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(root / T1), useCompression=True)
+
+
+def _binary_mask_to_two(root: Path) -> None:
+    mask = np.asarray(nibabel.load(str(root / MASK)).dataobj).copy()
+    mask[mask > 0] = 2
+    rewrite_nifti(root / MASK, mask, np.uint8)
+
+
+def _sidecar(text: str, drop: str | None = None) -> Breaker:
+    def change(root: Path) -> None:
+        (root / T1.replace(".nii.gz", ".json")).write_text(text)
+        if drop:
+            edit_json(lambda data: data["cases"][0]["images"][0]["metadata"].pop(drop))(root)
+    return change
+
+
+def edit_json(change: Callable[[dict], Any]) -> Breaker:
+    """A breaker that edits dataset.json (a dict) in place."""
+    def apply(root: Path) -> None:
+        data = json.loads((root / "dataset.json").read_text())
+        change(data)
+        (root / "dataset.json").write_text(json.dumps(data))
+    return apply
+
+
+def _image(data: dict, **update: Any) -> None:
+    data["cases"][0]["images"][0].update(update)
+
+
+def _symlink_out(root: Path) -> None:
+    outside = root.parent.parent / "outside.nii.gz"
+    outside.write_bytes((root / T1).read_bytes())
+    (root / "case_000" / "link.nii.gz").symlink_to(outside)
+    edit_json(lambda data: _image(data, file="case_000/link.nii.gz"))(root)
+
+
+def _write(name: str, content: bytes | str) -> Breaker:
+    return lambda root: (root / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+# ----------------------------------------------- the raw-dataset corpus
+# Run through unisyn_verify_dataset and unisyn_plan_and_preprocess on a 2-case 16^3 blob dataset (id 1).
+RAW_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
+    "corrupt_nifti_random_bytes": (_write(T1, os.urandom(3000)), ("case case_000", T1, "field file", "cannot read the image")),
+    "truncated_nifti": (_truncate, ("case case_000", T1, "truncated", "copy or export it again")),
+    "image_2d": (lambda root: sitk.WriteImage(sitk.Image([16, 16], sitk.sitkFloat32), str(root / T1)),
+                 (T1, "must be a 3D single-channel image", "got 2D")),
+    "image_4d": (lambda root: sitk.WriteImage(sitk.Image([16, 16, 16, 2], sitk.sitkFloat32), str(root / T1)),
+                 (T1, "got 4D", "split 4D series into 3D volumes")),
+    "nan_voxels": (_float_with(np.nan), (T1, "field intensities", "NaN or infinite", "replace them")),
+    "inf_voxels": (_float_with(np.inf), (T1, "field intensities", "NaN or infinite", "replace them")),
+    "all_zero_image": (lambda root: rewrite_nifti(root / T1, np.zeros((16, 16, 16), np.float32), np.float32),
+                       (T1, "field intensities", "all zeros", "re-export")),
+    "int16_scl_slope_overflows_float32": (_slope_overflow, (T1, "overflow float32", "scl_slope", "fix the scaling")),
+    "int64_extreme_values": (_int64_extremes, (T1, "64-bit integer", "float32 or int32")),
+    "zero_voxel_spacing": (lambda root: rewrite_nifti(root / T1, pixdim=(0.0, 0.0, 0.0)), (T1, "zero voxel spacing", "fix the header")),
+    "mismatched_geometry_in_case": (_shifted_spacing, ("case case_000", "field geometry", "geometry differs", "resample")),
+    "brain_mask_not_binary": (_binary_mask_to_two, (MASK, "field brain_mask", "only 0 and 1")),
+    "missing_image_file": (lambda root: (root / T1).unlink(), (T1, "field file", "does not exist", "fix the path")),
+    "sidecar_echo_time_in_ms": (_sidecar('{"EchoTime": 90}', drop="echo_time"),
+                                ("case_000_T1w.json.EchoTime", "90000 ms", "milliseconds", "write 0.09")),
+    "sidecar_invalid_json": (_sidecar("{not json"), ("case_000_T1w.json", "unreadable BIDS sidecar")),
+    "sidecar_wrong_type": (_sidecar('{"EchoTime": "0.03"}'), ("EchoTime", "must be a number")),
+    "missing_modality_field": (edit_json(lambda d: d["cases"][0]["images"][0].pop("modality")),
+                               ("case case_000", "field modality", "'modality' is missing")),
+    "missing_file_field": (edit_json(lambda d: d["cases"][0]["images"][0].pop("file")),
+                           ("case case_000", "field file", "'file' must be a string")),
+    "cases_wrong_type": (edit_json(lambda d: d.update(cases={"case_000": {}})), ("field cases", "must be a non-empty list")),
+    "metadata_wrong_type": (edit_json(lambda d: d["cases"][0]["images"][0]["metadata"].update(flip_angle="eight")),
+                            ("case case_000", "field metadata", "flip_angle: must be a number")),
+    "case_id_wrong_type": (edit_json(lambda d: d["cases"][0].update(id=5)), ("case #0", "field id", "must be a non-empty string")),
+    "unknown_top_level_key": (edit_json(lambda d: d.update(labels={"brain": 1})),
+                              ("field labels", "unknown top-level key", "remove or rename")),
+    "unknown_metadata_field": (edit_json(lambda d: d["cases"][0]["images"][0]["metadata"].update(echotime=3)),
+                               ("field metadata", "unknown field(s) echotime", "echo_time")),
+    "duplicated_case_id": (edit_json(lambda d: d["cases"][1].update(id="case_000")), ("case case_000", "duplicated case id")),
+    "empty_case_list": (edit_json(lambda d: d.update(cases=[])), ("field cases", "non-empty list")),
+    "nan_literal_in_dataset_json": (lambda root: _write("dataset.json", (root / "dataset.json").read_text().replace(
+        '"flip_angle": 8.0', '"flip_angle": NaN'))(root), ("field metadata", "flip_angle: must be finite")),
+    "dataset_json_missing": (lambda root: (root / "dataset.json").unlink(), ("dataset.json", "missing dataset.json")),
+    "dataset_json_invalid": (_write("dataset.json", '{"cases": ['), ("dataset.json", "invalid JSON")),
+    "path_escaping_dataset": (edit_json(lambda d: _image(d, file="../../outside.nii.gz")), ("field file", "escapes the folder")),
+    "symlink_escaping_dataset": (_symlink_out, ("case_000/link.nii.gz", "escapes the folder")),
+}
+# (dataset argument, breaker of the raw folder, expected): the -d value itself is wrong.
+ID_CASES: dict[str, tuple[str, Breaker, tuple[str, ...]]] = {
+    "dataset_id_ambiguous": ("1", lambda root: (root.parent / "Dataset001_Other").mkdir(), ("id 001 is ambiguous", "pass the full name")),
+    "dataset_id_missing": ("7", lambda root: None, ("no dataset with id 007", "unisyn_phantom -d 7")),
+}
+
+
+# ------------------------------------------------------------ disk full
+def failing_after(real: Callable[..., Any], ok_calls: int, write_some: Callable[..., None]) -> Callable[..., Any]:
+    """``real`` for the first ``ok_calls`` calls, then a write that stops midway with ENOSPC."""
+    calls = {"n": 0}
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= ok_calls:
+            return real(*args, **kwargs)
+        write_some(*args)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return call
+
+
+class SitkFullDisk:
+    """Stands in for the SimpleITK module inside image_io: WriteImage runs out of space after ``ok_calls``."""
+
+    def __init__(self, ok_calls: int) -> None:
+        half = lambda image, path, *rest: Path(path).write_bytes(b"\x1f\x8b\x08" + b"\0" * 64)  # noqa: E731
+        self.WriteImage = failing_after(sitk.WriteImage, ok_calls, half)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sitk, name)
+
+
+class JsonFullDisk:
+    """Stands in for the json module inside io_utils: dump runs out of space after ``ok_calls``."""
+
+    def __init__(self, ok_calls: int) -> None:
+        self.dump = failing_after(json.dump, ok_calls, lambda data, stream, *rest: stream.write('{"half": '))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(json, name)
+
+
+# --------------------------------------------------------------- model zips
+def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    """A zip holding ``entries`` (name -> bytes)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:  # stored: damage_member finds bytes
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def damage_member(path: Path, marker: bytes) -> None:
+    """Flip a byte inside a stored member (found by ``marker``) so its CRC check fails on extraction."""
+    data = bytearray(path.read_bytes())
+    index = data.index(marker)
+    data[index] ^= 0xFF
+    path.write_bytes(bytes(data))
