@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from unisyn_v2.io_utils import temp_prefix, write_failure
+from unisyn_v2.io_utils import remove_stale_temp_files, temp_prefix, write_failure
 from unisyn_v2.paths import results_dir
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ def install_model(archive_path: Path, destination: Path | None = None, overwrite
         model_folder = root / model_relative
         if model_folder.exists() and not overwrite:
             raise FileExistsError(f"{model_folder} exists; pass --overwrite to replace it")
-        staging = Path(tempfile.mkdtemp(prefix=".tmp_install_", dir=destination if destination.exists() else None))
+        remove_stale_temp_files(destination)  # the staging folder of a killed install
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix("install_"), dir=destination if destination.exists() else None))
         try:
             for name in names:
                 archive.extract(name, staging)

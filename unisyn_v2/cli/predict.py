@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tta", action="store_true",
                      help="mirroring test-time augmentation: 4x the forward passes for 2.5D (y, x), 8x for 3D")
     run.add_argument("--not_on_device", action="store_true", help="accumulate tiles in host memory (large volumes)")
+    run.add_argument("-npp", "--num_processes", type=int, default=1,
+                     help="cases predicted in parallel worker processes, each loading the model and holding one case "
+                          "at a time (default 1: in this process)")
     run.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs are complete")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument("--disable_progress_bar", action="store_true")
@@ -59,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _predict(args: argparse.Namespace) -> int:
     if args.model_folder is None and args.dataset is None:
         raise ValueError("pass -m MODEL_FOLDER, or -d DATASET with -tr TRAINER and -c CONFIGURATION")
+    if args.num_processes < 1:
+        raise ValueError(f"-npp must be >= 1, got {args.num_processes}")
     if args.step_size <= 0 or args.step_size > 1:
         raise ValueError(f"--step_size must be in (0, 1], got {args.step_size}")
     folder = args.model_folder or find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name)
@@ -66,7 +71,7 @@ def _predict(args: argparse.Namespace) -> int:
                                   accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar)
     predictor = UniSynPredictor.from_model_folder(folder, args.folds, args.chk, args.device, settings)
     paths = predictor.predict(args.input, args.output, args.target, args.source, args.source_image,
-                              args.continue_prediction, args.overwrite)
+                              args.continue_prediction, args.overwrite, args.num_processes)
     for path in paths:
         print(path)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from unisyn_v2.experiment_planning.fingerprint import FINGERPRINT_FILE, extract_
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME, detect_gpu_memory_gb, plan_experiment
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.experiment_planning.splits import ensure_splits
-from unisyn_v2.io_utils import read_json
+from unisyn_v2.io_utils import copy_file_atomic, read_json
 from unisyn_v2.paths import preprocessed_dir, raw_dir
 from unisyn_v2.preprocessing.run import preprocess_dataset
 
@@ -45,7 +44,7 @@ def fingerprint_dataset(dataset: str | int, num_processes: int = 2, clean: bool 
         verify(dataset)
     fingerprint = extract_fingerprint(raw, pre, num_processes=num_processes, clean=clean, progress=progress)
     pre.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(raw / DATASET_JSON, pre / DATASET_JSON)
+    copy_file_atomic(raw / DATASET_JSON, pre / DATASET_JSON)
     return fingerprint
 
 

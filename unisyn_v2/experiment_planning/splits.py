@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from unisyn_v2.io_utils import read_json, write_json_atomic
+from unisyn_v2.io_utils import copy_file_atomic, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def ensure_splits(preprocessed_root: Path, raw_root: Path, case_ids: list[str]) 
     user = raw_root / SPLITS_FILE
     if user.is_file():
         splits = validate_splits(read_json(user), case_ids, user)
-        shutil.copyfile(user, target)
+        copy_file_atomic(user, target)
         logger.info("using the user-provided split %s", user)
         return splits
     if target.is_file():

@@ -28,6 +28,7 @@ from unisyn_v2.inference.inputs import (
     DescriptionSpec, InputCase, InputError, InputImage, choose_source, discover_cases, parse_description_spec,
 )
 from unisyn_v2.inference.sliding_window import sliding_window_predict
+from unisyn_v2.io_utils import remove_stale_temp_files
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.networks.slice_adapter import SlicesAsChannels
@@ -127,6 +128,7 @@ class UniSynPredictor:
         self.conditioner = conditioner.to(self.device) if conditioner is not None and hasattr(conditioner, "to") else conditioner
         self.networks = [self._prepare(net) for net in networks]
         self.model_description = dict(model_description or {"configuration": configuration, "plans": plans.plans_name})
+        self.recipe: tuple[str, list[str], str, str] | None = None  # (folder, folds, checkpoint, device): -npp workers reload
 
     def _prepare(self, network: nn.Module) -> nn.Module:
         if self.configuration.is_slab and not isinstance(network, SlicesAsChannels):
@@ -152,7 +154,9 @@ class UniSynPredictor:
         description = {"folder": str(folder.resolve()), "trainer": info.get("trainer_name"), "trainer_class": info.get("trainer_class"),
                        "dataset": plans.dataset_name, "plans": plans.plans_name, "configuration": configuration,
                        "folds": fold_list, "checkpoint": checkpoint_name, "conditioning": getattr(conditioner, "kind", None)}
-        return cls(networks, conditioner, plans, configuration, info, dev, settings, description)
+        predictor = cls(networks, conditioner, plans, configuration, info, dev, settings, description)
+        predictor.recipe = (str(folder), fold_list, checkpoint_name, str(dev))
+        return predictor
 
     # ------------------------------------------------------------ vocabulary
     @property
@@ -294,8 +298,11 @@ class UniSynPredictor:
 
     def predict(self, inputs: Sequence[str | Path], output_folder: str | Path, target: str | Path | DescriptionSpec,
                 source: str | Path | DescriptionSpec | None = None, source_image: str | Path | None = None,
-                continue_prediction: bool = False, overwrite: bool = False) -> list[Path]:
-        """Predict every case found in ``inputs``; returns the written (or already finished) image paths."""
+                continue_prediction: bool = False, overwrite: bool = False, num_processes: int = 1) -> list[Path]:
+        """Predict every case found in ``inputs``; returns the written (or already finished) image paths.
+
+        ``num_processes > 1`` predicts the cases in that many worker processes, one case each at a time.
+        """
         target_spec = self.resolve_target(target)
         output_folder = Path(output_folder)
         existing = next((p for p in (output_folder, *output_folder.parents) if p.exists()), None)
@@ -308,9 +315,18 @@ class UniSynPredictor:
         output_folder = Path(output_folder)
         todo = set(select_cases_to_run([c.case_id for c in cases], output_folder, target_spec.modality, continue_prediction, overwrite))
         logger.info("%d case(s) to predict -> %s (%d already finished)", len(todo), output_folder, len(cases) - len(todo))
+        remove_stale_temp_files(output_folder)  # left by a killed run
+        done: dict[str, Path] = {}
+        if num_processes > 1 and len(todo) > 1:
+            from unisyn_v2.inference.parallel_prediction import predict_cases_in_workers
+
+            done = predict_cases_in_workers(self, [c for c in cases if c.case_id in todo], target_spec, output_folder,
+                                            source_image, num_processes)
         written = []
         for case in cases:
-            if case.case_id in todo:
+            if case.case_id in done:
+                written.append(done[case.case_id])
+            elif case.case_id in todo:
                 written.append(self.predict_case(case, target_spec, output_folder, source_image))
             else:
                 written.append(output_paths(output_folder, case.case_id, target_spec.modality)[0])

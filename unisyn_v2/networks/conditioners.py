@@ -85,11 +85,15 @@ class TextConditioner:
         return embeddings
 
     def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, text_dim) embeddings of prompt strings (cached)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        if missing:
-            for prompt, embedding in zip(missing, self._encode(missing)):
-                self._cache[prompt] = embedding
+        """(B, text_dim) embeddings of prompt strings (cached).
+
+        Each new prompt is encoded on its own: in a batch, its embedding would depend in the last bits
+        on the other prompts (padding, kernel blocking), so a resumed run, whose cache starts empty,
+        would condition on slightly different vectors than an uninterrupted one, and prediction than
+        training.
+        """
+        for prompt in dict.fromkeys(p for p in prompts if p not in self._cache):
+            self._cache[prompt] = self._encode([prompt])[0]
         if not prompts:
             return torch.zeros((0, self.text_dim), device=self.device)
         return torch.stack([self._cache[p] for p in prompts])

@@ -15,7 +15,7 @@ from pathlib import Path
 from unisyn_v2.dataset.description import DatasetDescription, load_dataset_description
 from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.experiment_planning.plans import Plans
-from unisyn_v2.io_utils import read_json
+from unisyn_v2.io_utils import read_json, remove_stale_temp_files
 from unisyn_v2.parallel import map_cases
 from unisyn_v2.preprocessing.case_preprocessor import preprocess_case
 from unisyn_v2.preprocessing.case_store import PreprocessedCase, save_preprocessed_case
@@ -87,6 +87,7 @@ def preprocess_dataset(raw_root: Path, plans: Plans, preprocessed_root: Path, nu
         raise ValueError(f"plans {plans.plans_name}: configurations must share one data identifier (got {sorted(identifiers)})")
     output = Path(preprocessed_root) / identifiers.pop()
     output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(Path(preprocessed_root), output)  # left by a killed run
     job = PreprocessingJob(description, plans, output)
     outcomes = map_cases(_preprocess_one, job, [c.case_id for c in description.cases], num_processes, progress, "preprocess")
     logger.info("preprocessed %d case(s), %d already up to date, into %s", outcomes.count("written"), outcomes.count("skipped"), output)

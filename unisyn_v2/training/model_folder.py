@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from unisyn_v2.experiment_planning.plans import Plans
-from unisyn_v2.io_utils import read_json
+from unisyn_v2.io_utils import confined_path, read_json
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.text_artifact import load_text_encoder_artifact
 from unisyn_v2.training.checkpointing import load_checkpoint, load_network_weights
@@ -40,7 +40,8 @@ def build_conditioner(model_folder: Path, trainer_info: dict[str, Any], device: 
     if kind == "onehot":
         return OneHotConditioner(conditioning["modalities"], device=device)
     if kind == "text":
-        tokenizer, encoder = load_text_encoder_artifact(Path(model_folder) / conditioning.get("text_encoder", "text_encoder"), device)
+        folder = confined_path(Path(model_folder), str(conditioning.get("text_encoder", "text_encoder")))  # stays inside
+        tokenizer, encoder = load_text_encoder_artifact(folder, device)
         return TextConditioner(tokenizer, encoder, normalize=False, device=device)
     raise ValueError(f"{model_folder}/trainer.json: unknown conditioning kind {kind!r}")
 

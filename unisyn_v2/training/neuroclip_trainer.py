@@ -68,6 +68,7 @@ class NeuroCLIPTrainer(TrainerBase):
     image_encoder_kind: ClassVar[str] = "cnn"
     causal_text: ClassVar[bool] = False
     init_temperature: ClassVar[float] = 0.07
+    supports_distributed: ClassVar[bool] = False  # contrastive batches would need a cross-rank gather; one process
     weight_decay: ClassVar[float] = 0.1
     warmup_fraction: ClassVar[float] = 0.2
     augment: ClassVar[bool] = True

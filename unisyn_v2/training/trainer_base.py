@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
@@ -47,7 +46,7 @@ import torch
 from torch import nn
 
 from unisyn_v2.experiment_planning.plans import Plans
-from unisyn_v2.io_utils import remove_stale_temp_files, write_json_atomic
+from unisyn_v2.io_utils import copy_file_atomic, remove_stale_temp_files, write_json_atomic
 from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkpoint, seed_everything
 from unisyn_v2.training.distributed import DistributedContext
 from unisyn_v2.training.progress import ProgressLogger, attach_file_log, detach_file_log, format_epoch_line
@@ -181,7 +180,7 @@ class TrainerBase(CheckpointMixin):
         self.plans.save(self.model_folder / "plans.json")
         for name in ("dataset.json", "dataset_fingerprint.json"):
             if (self.preprocessed_folder / name).is_file():
-                shutil.copyfile(self.preprocessed_folder / name, self.model_folder / name)
+                copy_file_atomic(self.preprocessed_folder / name, self.model_folder / name)
         write_json_atomic(self.model_folder / "trainer.json", self.trainer_info())
 
     # -------------------------------------------------------------- services
