@@ -200,7 +200,9 @@ def launch(num_processes: int, function: Callable[..., Any], *args: Any, verbose
     """Run ``function(*args)`` in ``num_processes`` ranks on this machine (``--num_gpus``).
 
     A rank that fails stops the others; the error names it and carries its traceback. ``spawn`` (fresh
-    interpreters) is the safe default with CUDA; ``fork`` starts faster (CPU tests).
+    interpreters) is the safe default, and needed with CUDA; ``fork`` starts CPU ranks much faster but
+    only from a process that has not yet run multi-threaded torch ops (OpenMP does not survive a fork),
+    such as the ``unisyn_train`` command before training.
     """
     if environment_world_size() > 1:
         raise RuntimeError("already running under torchrun (WORLD_SIZE is set); drop --num_gpus")

@@ -227,6 +227,10 @@ class TrainerBase(CheckpointMixin):
                 torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
             self.optimizer.step()
 
+    @staticmethod
+    def _describe_file(path: Path | None) -> tuple[str, int] | None:
+        return None if path is None else (Path(path).name, Path(path).stat().st_size)
+
     def _is_better(self, value: float) -> bool:
         if not np.isfinite(value) or self.best_metric is None:
             return bool(np.isfinite(value))
@@ -272,6 +276,10 @@ class TrainerBase(CheckpointMixin):
                 self.write_model_folder()
             if self.settings.continue_training:
                 resume = find_resume_checkpoint(self.fold_folder)
+                seen = set(self.distributed.all_gather_object(self._describe_file(resume)))
+                if len(seen) > 1:
+                    raise RuntimeError(f"--c: the ranks see different checkpoints ({sorted(map(str, seen))}); the "
+                                       "results folder must be one folder shared by every rank")
                 if resume is None:
                     logger.warning("--c: no checkpoint in %s; starting from scratch", self.fold_folder)
                 else:
