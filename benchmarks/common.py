@@ -182,6 +182,8 @@ def _write_case(config: BenchmarkConfig, root: Path, index: int) -> dict[str, An
 def ensure_dataset(config: BenchmarkConfig) -> Path:
     """Write (once) the paired, skull-stripped phantom and plan/preprocess it; returns the raw folder."""
     root = raw_dir() / config.dataset_name
+    if (root / "dataset.json").is_file() and len(read_json(root / "dataset.json")["cases"]) != config.cases:
+        raise RuntimeError(f"{root} holds another number of cases than --cases {config.cases}; use another --out")
     if not (root / "dataset.json").is_file():
         started = time.perf_counter()
         cases = [_write_case(config, root, i) for i in range(config.cases)]
@@ -216,13 +218,19 @@ def train(config: BenchmarkConfig, trainer: str, tasks: tuple[Task, ...] | None 
         tasks=tasks, continue_training=True, final_validation=stage1, num_workers=config.num_workers)
     instance = build_trainer(config.dataset_id, trainer, config.fold, device=config.device, settings=settings)
     label = trainer + (f" {','.join(task_key(*t) for t in tasks)}" if tasks else "")
+    budget = {"num_epochs": settings.num_epochs, "iterations_per_epoch": settings.iterations_per_epoch}
+    budget_file = instance.fold_folder / "benchmark_budget.json"
     if (instance.fold_folder / "checkpoint_final.pth").is_file():
+        if budget_file.is_file() and read_json(budget_file) != budget:
+            raise RuntimeError(f"{instance.fold_folder} was trained with {read_json(budget_file)}, not {budget}; "
+                               "use another --out for another budget")
         logger.info("reusing %s (%s)", label, instance.fold_folder)
         return instance.model_folder, 0.0
     logger.info("training %s -> %s", label, instance.fold_folder)
     started = time.perf_counter()
     instance.run()
     seconds = time.perf_counter() - started
+    write_json_atomic(budget_file, budget)
     timings = config.workspace / "training_seconds.json"
     record = read_json(timings) if timings.is_file() else {}
     record[str(instance.fold_folder.relative_to(config.workspace))] = round(seconds, 1)

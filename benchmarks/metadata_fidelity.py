@@ -46,8 +46,8 @@ def targets(description: ImageDescription, modality: str) -> list[tuple[str, Ima
         return [(label, replace(m, echo_time=te)) for label, te in rows]
     null = flair_null_ti(float(m.repetition_time), float(m.field_strength))
     rows = [("FLAIR TI at the CSF null", 1.0), ("FLAIR TI 0.85 x null (CSF not nulled)", 0.85),
-            ("FLAIR TI 0.7 x null", 0.7), ("FLAIR TI 1.15 x null", 1.15)]
-    return [(f"{label} ({round(null * f):.0f} ms)", replace(m, inversion_time=round(null * f))) for label, f in rows]
+            ("FLAIR TI 0.7 x null", 0.7), ("FLAIR TI 1.15 x null", 1.15)]  # the null depends on TR and field
+    return [(label, replace(m, inversion_time=float(round(null * f)))) for label, f in rows]
 
 
 def truth(config: common.BenchmarkConfig, anatomy: tuple[Any, Any, np.ndarray], modality: str, metadata: ImageMetadata) -> np.ndarray:
@@ -66,10 +66,14 @@ def typical_metadata(predictor: Any, modality: str, own: ImageMetadata) -> Image
 def run(config: common.BenchmarkConfig) -> dict[str, Any]:
     common.train(config, "neuroclip")
     folders = {label: common.train(config, trainer)[0] for label, trainer in METHODS}
+    for source, target in config.task_specific:  # text-conditioned too, so it can follow TE / TI
+        if source == "T1w" and target in ("T2w", "FLAIR"):
+            folders[f"GFM task-specific {target}"] = common.train(config, "gfm_task", ((source, target),))[0]
     predictors = {label: common.load_predictor(config, folder) for label, folder in folders.items()}
     _train_ids, test_ids = common.split(config)
     cases = common.load_test_cases(config, test_ids)
     rows: dict[str, dict[str, list[dict[str, float]]]] = {}
+    used: dict[str, list[float]] = {}  # the TE / TI (ms) each row used, per subject
     for case in cases:
         anatomy = common.regenerate_anatomy(config, common.case_index(case.case_id))
         if not np.array_equal(anatomy[2] > 0, case.mask):
@@ -80,26 +84,33 @@ def run(config: common.BenchmarkConfig) -> dict[str, Any]:
             typical_truth = truth(config, anatomy, modality, typical_metadata(predictors["GFM (joint)"], modality, own.metadata))
             for label, metadata in targets(own, modality):
                 reference = truth(config, anatomy, modality, metadata)
+                used.setdefault(label, []).append(metadata.echo_time if modality == "T2w" else metadata.inversion_time)
                 per = rows.setdefault(label, {})
                 per.setdefault("typical-protocol truth", []).append(common.score(reference, typical_truth, case.mask, modality))
                 target = ImageDescription(modality, metadata, own.subject)
                 for name, predictor in predictors.items():
+                    if name.startswith("GFM task-specific") and not name.endswith(modality):
+                        continue
                     prediction = common.predict_raw(predictor, case.images["T1w"], case.geometry, source, target, case.mask)
                     per.setdefault(name, []).append(common.score(reference, prediction, case.mask, modality))
                 logger.info("%s %s: %s", case.case_id, label,
                             ", ".join(f"{k} {v[-1]['psnr']:.2f}" for k, v in per.items()))
-    return {"test_cases": test_ids, "per_case": rows,
+    return {"test_cases": test_ids, "per_case": rows, "parameters_ms": used,
             "summary": {label: {k: common.summarise(v) for k, v in per.items()} for label, per in rows.items()}}
 
 
 def markdown(config: common.BenchmarkConfig, result: dict[str, Any]) -> str:
-    columns = [label for label, _ in METHODS] + ["typical-protocol truth"]
+    found = {k for per in result["summary"].values() for k in per}
+    columns = [label for label, _ in METHODS] + sorted(k for k in found if k.startswith("GFM task-specific"))
+    columns.append("typical-protocol truth")
     lines = [f"T1w -> target on {len(result['test_cases'])} held-out subjects; ground truth = phantom physics with the "
              f"listed parameters (no noise, no bias); models trained {config.budget_text()}. PSNR / SSIM with the papers' "
              "scaling taken inside the brain mask, mean ± sd.", ""]
     for key, title, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3)):
         lines += [f"**{title}**", "", "| target | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
         for label, per in result["summary"].items():
+            values = result["parameters_ms"][label]
+            label = f"{label} ({min(values):.0f}-{max(values):.0f} ms)" if "FLAIR" in label else label
             lines.append(f"| {label} | " + " | ".join(common.cell(per.get(c), key, digits) for c in columns) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

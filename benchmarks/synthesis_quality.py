@@ -75,8 +75,9 @@ def evaluate(config: common.BenchmarkConfig, folders: dict[Method, Path], tasks:
                 scores = common.score(case.images[target], prediction, case.mask, target)
                 rows[task_key(source, target)].setdefault(method.label, []).append({**scores, "case": case.case_id})
                 count += 1
-        seconds[method.label] = (time.perf_counter() - started) / max(count, 1)
-        logger.info("%s: scored %d predictions (%.1f s each)", method.label, count, seconds[method.label])
+        name = method.label + (f" {task_key(*method.tasks[0])}" if method.tasks else "")
+        seconds[name] = (time.perf_counter() - started) / max(count, 1)
+        logger.info("%s: scored %d predictions (%.1f s each)", name, count, seconds[name])
     for source, target in tasks:
         for case in cases:
             for name, candidate in common.baselines(case.images[source], case.mask, quantiles[target]).items():
