@@ -30,7 +30,6 @@ from unisyn_v2.experiment_planning import api
 from unisyn_v2.experiment_planning.splits import fold_cases
 from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 from unisyn_v2.io_utils import read_json, write_json_atomic
-from unisyn_v2.metadata.fields import ImageMetadata, SubjectMetadata
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.paths import preprocessed_dir, raw_dir
@@ -350,8 +349,3 @@ def write_results(config: BenchmarkConfig, stem: str, payload: dict[str, Any], m
     write_json_atomic(config.out / f"{stem}.json", payload)
     (config.out / f"{stem}.md").write_text(markdown)
     logger.info("wrote %s and %s", config.out / f"{stem}.json", config.out / f"{stem}.md")
-
-
-def describe(modality: str, metadata: dict[str, Any] | ImageMetadata, subject: SubjectMetadata) -> ImageDescription:
-    meta = metadata if isinstance(metadata, ImageMetadata) else ImageMetadata.from_dict(metadata)
-    return ImageDescription(modality, meta, subject)
