@@ -30,6 +30,11 @@ from unisyn_v2.training.settings import TrainerSettings
 logger = logging.getLogger(__name__)
 
 DEMO_TARGETS = ("FDG-PET", "CT")
+# Every demo case holds all of these (a paired phantom), so every held-out case has both ground truths;
+# NeuroCLIP learns all five, the GFM trains the demo's directions (T1w <-> FDG-PET, T1w <-> CT by its
+# cyclic step) unless all_tasks: 20 directions do not converge in a few CPU minutes.
+DEMO_MODALITIES = ("T1w", "T2w", "FLAIR", "CT", "FDG-PET")
+DEMO_TASKS = tuple(("T1w", target) for target in DEMO_TARGETS)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class DemoOptions:
     gpu_memory_gb: float | None = None
     planner: str = "auto"
     trainer: str = "gfm"
+    all_tasks: bool = False  # train every direction between DEMO_MODALITIES, not only the demo's
     output: Path = field(default_factory=lambda: Path("unisyn_demo_output"))
 
 
@@ -55,7 +61,8 @@ def _ensure_phantom(options: DemoOptions) -> Path:
     if (root / "dataset.json").is_file():
         logger.info("reusing the phantom dataset %s", root)
         return root
-    return generate_phantom_dataset(root, num_cases=options.cases, seed=options.seed, name=options.name, progress=True)
+    return generate_phantom_dataset(root, num_cases=options.cases, seed=options.seed, name=options.name, progress=True,
+                                    modalities=DEMO_MODALITIES, complete=True)
 
 
 def _held_out_inputs(raw_root: Path, case_ids: list[str], output: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
@@ -104,15 +111,16 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     plans = api.plan_and_preprocess(options.dataset_id, planner=options.planner, gpu_memory_gb=options.gpu_memory_gb)
     stage1 = TrainerSettings(num_epochs=options.neuroclip_epochs, continue_training=True)
     clip_trainer = run_training(options.dataset_id, "neuroclip", device=options.device, settings=stage1)
-    stage2 = TrainerSettings(num_epochs=options.epochs, iterations_per_epoch=options.iterations_per_epoch, continue_training=True)
+    stage2 = TrainerSettings(num_epochs=options.epochs, iterations_per_epoch=options.iterations_per_epoch, continue_training=True,
+                             tasks=None if options.all_tasks else DEMO_TASKS)
     gfm_trainer = run_training(options.dataset_id, options.trainer, 0, device=options.device, settings=stage2)
     splits = read_json(preprocessed_dir() / raw_root.name / "splits_final.json")
     _train, held_out = fold_cases(splits, 0, [])
     inputs, truths = _held_out_inputs(raw_root, held_out, output)
-    predictor = UniSynPredictor.from_model_folder(gfm_trainer.output_folder, folds=[0], device=options.device,
+    predictor = UniSynPredictor.from_model_folder(gfm_trainer.model_folder, folds=[0], device=options.device,
                                                   settings=PredictionSettings(progress=False))
     report: dict[str, Any] = {"raw_dataset": str(raw_root), "plans": str(preprocessed_dir() / raw_root.name / f"{plans.plans_name}.json"),
-                              "neuroclip_model": str(clip_trainer.output_folder), "synthesis_model": str(gfm_trainer.output_folder),
+                              "neuroclip_model": str(clip_trainer.model_folder), "synthesis_model": str(gfm_trainer.model_folder),
                               "predictions": {}, "evaluations": {}, "figures": str(output / "figures")}
     for target in DEMO_TARGETS:
         predictions = output / "predictions" / target

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations_per_epoch", type=int, default=None)
     parser.add_argument("--neuroclip_epochs", type=int, default=None)
     parser.add_argument("-tr", "--trainer", default="gfm", help="stage-2 trainer (gfm, crossattn, onehot, unet, ...)")
+    parser.add_argument("--all_tasks", action="store_true",
+                        help="train every direction between the demo's modalities (default: T1w <-> FDG-PET and T1w <-> CT)")
     parser.add_argument("-pl", "--planner", default="auto", help="preset: auto (cpu without a GPU), small, medium, large, paper")
     parser.add_argument("--gpu_memory_gb", type=float, default=None)
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         options = DemoOptions(dataset_id=args.dataset_id, cases=args.cases, seed=args.seed, neuroclip_epochs=args.neuroclip_epochs,
                               epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, device=args.device,
-                              gpu_memory_gb=args.gpu_memory_gb, planner=args.planner, trainer=args.trainer, output=args.output)
+                              gpu_memory_gb=args.gpu_memory_gb, planner=args.planner, trainer=args.trainer, all_tasks=args.all_tasks, output=args.output)
         report = run_demo(options)
         print("\nunisyn_v2 demo finished. Outputs:")
         for key in ("raw_dataset", "plans", "neuroclip_model", "synthesis_model", "figures"):

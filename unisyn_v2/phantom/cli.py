@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="voxel size in mm (default 3.2 3.2 3.2, a head fits in 64 voxels)")
     parser.add_argument("--modalities", nargs="+", default=None,
                         help=f"modalities to draw from (default all: {' '.join(PHANTOM_MODALITIES)})")
+    parser.add_argument("--complete", action="store_true",
+                        help="every case gets every modality (paired data) instead of a random availability pattern")
     parser.add_argument("--skull_strip", action="store_true", help="zero everything outside the brain mask")
     parser.add_argument("--tissue_maps", type=Path, default=None,
                         help="folder of tissue probability maps gm/wm/csf[.nii.gz] (+ optional ones) to use as anatomy")
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         generate_phantom_dataset(output, args.cases, args.seed, shape=tuple(args.shape), voxel_size_mm=tuple(args.voxel_size),
-                                 modalities=args.modalities, skull_strip=args.skull_strip, tissue_maps_dir=args.tissue_maps,
+                                 modalities=args.modalities, skull_strip=args.skull_strip, tissue_maps_dir=args.tissue_maps, complete=args.complete,
                                  overwrite=args.overwrite, name=args.name, num_processes=args.num_processes, progress=True)
     except (FileExistsError, FileNotFoundError, ValueError) as error:
         logger.error("%s", error)

@@ -55,6 +55,7 @@ class _Context:
     modalities: tuple[str, ...]
     skull_strip: bool
     tissue_maps_dir: Path | None
+    complete: bool = False
 
 
 def case_rng(seed: int, case_index: int, stream: int) -> np.random.Generator:
@@ -107,6 +108,8 @@ def _write_case(context: _Context, case_index: int) -> dict[str, Any]:
     mask = brain_mask(tissues)
     session_rng = case_rng(context.seed, case_index, _SESSION_STREAM)
     modalities = choose_modalities(session_rng, context.modalities)
+    if context.complete:  # drawn anyway, so the other random streams are the same as without ``complete``
+        modalities = list(context.modalities)
     session = _session(session_rng)
     folder = context.output_dir / case_id
     write_nifti(mask, geometry, folder / f"{case_id}_brainmask.nii.gz")
@@ -142,11 +145,12 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
                              voxel_size_mm: tuple[float, float, float] = (3.2, 3.2, 3.2),
                              modalities: Sequence[str] | None = None, skull_strip: bool = False,
                              tissue_maps_dir: Path | None = None, overwrite: bool = False, name: str = "Phantom",
-                             num_processes: int = 1, progress: bool = False) -> Path:
+                             num_processes: int = 1, progress: bool = False, complete: bool = False) -> Path:
     """Write a raw dataset folder (images, brain masks, dataset.json) and return it.
 
     ``shape`` is (z, y, x) voxels and ``voxel_size_mm`` (x, y, z); with ``tissue_maps_dir`` the maps fix
-    both. An existing non-empty ``output_dir`` is refused unless ``overwrite``; overwriting replaces only
+    both. ``complete`` gives every case every allowed modality (paired data, e.g. for the demo and
+    benchmarks) instead of a random clinical availability pattern. An existing non-empty ``output_dir`` is refused unless ``overwrite``; overwriting replaces only
     the files this function writes and deletes nothing.
     """
     started = time.perf_counter()
@@ -168,7 +172,7 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
         logger.info("anatomy from tissue maps in %s; their grid replaces shape and voxel_size_mm", maps_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     context = _Context(output_dir, int(seed), int(num_cases), shape, voxel_size,  # type: ignore[arg-type]
-                       allowed, skull_strip, maps_dir)
+                       allowed, skull_strip, maps_dir, complete)
     cases = map_cases(_write_case, context, list(range(num_cases)), num_processes, progress, "phantom")
     anatomy = (f"tissue maps from {maps_dir}" if maps_dir is not None
                else f"shape {list(shape)} (z, y, x), voxel size {list(voxel_size)} mm (x, y, z)")

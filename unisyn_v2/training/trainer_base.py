@@ -300,6 +300,13 @@ class TrainerBase(CheckpointMixin):
                 detach_file_log(handler)
 
     def _train(self) -> None:
+        if self.current_epoch >= self.num_epochs and (self.fold_folder / "checkpoint_final.pth").is_file():
+            # --c on a finished run: keep checkpoint_final as it is (only the end-of-training hook reruns,
+            # so an artifact interrupted after the last checkpoint still gets written)
+            logger.info("%s fold %s already finished its %d epochs; nothing to train", type(self).__name__,
+                        self.fold, self.num_epochs)
+            self.on_train_end()
+            return
         logger.info("%s: %s fold %s, %d epochs x %d iterations, device %s, starting at epoch %d",
                     type(self).__name__, self.dataset_name, self.fold, self.num_epochs, self.iterations_per_epoch,
                     self.device, self.current_epoch + 1)
