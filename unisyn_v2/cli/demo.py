@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
