@@ -100,6 +100,10 @@ class SynthesisTrainer(TrainerBase):
         """Training augmentation (override to change it; mirror axes also go to trainer.json for TTA)."""
         return AugmentationParams()
 
+    def loader_workers(self) -> int:
+        """The patch loader's background processes."""
+        return self.settings.resolved_num_workers
+
     def build_dataloaders(self) -> tuple[PatchLoader, PatchLoader | None]:
         """Endless augmented training batches; a fixed set of unaugmented validation batches (this rank's share)."""
         fraction = self.plans.training.foreground_fraction_min

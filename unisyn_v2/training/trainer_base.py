@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
@@ -51,7 +52,7 @@ from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkp
 from unisyn_v2.training.distributed import DistributedContext
 from unisyn_v2.training.progress import ProgressLogger, attach_file_log, detach_file_log, format_epoch_line
 from unisyn_v2.training.schedule import StepDecayScheduler
-from unisyn_v2.training.settings import TrainerSettings
+from unisyn_v2.training.settings import TrainerSettings, cpu_threads_for_training
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ class TrainerBase(CheckpointMixin):
             torch.use_deterministic_algorithms(True)
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(cpu_threads_for_training(self.loader_workers()))
         self.network = self.build_network().to(self.device)
         self._network_call = self.distributed.wrap(self.network, self.device, self.ddp_find_unused_parameters)
         self.build_losses()
@@ -200,6 +203,10 @@ class TrainerBase(CheckpointMixin):
         self.lr_scheduler = self.build_lr_scheduler()
         self.train_loader, self.val_loader = self.build_dataloaders()
         self.was_initialized = True
+
+    def loader_workers(self) -> int:
+        """Background data-loading processes this trainer starts (they share the cores with training)."""
+        return 0
 
     def run_network(self, function: Any, *args: Any) -> Any:
         """``function(network, *args)`` for a training step; under DDP one forward, so backward syncs gradients."""
