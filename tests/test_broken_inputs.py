@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from broken_inputs import (
     ID_CASES, RAW_CASES, T1, JsonFullDisk, SitkFullDisk, assert_clean_error, damage_member, files_under, temp_files,
@@ -34,12 +33,7 @@ from unisyn_v2.metadata.tokenizer import MetadataTokenizer
 GFM, CROSS = "GFMTrainer__unisynPlans__2.5d", "CrossAttnBaselineTrainer__unisynPlans__2.5d"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(main, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:

@@ -35,12 +35,7 @@ BIN = Path(sys.executable).parent
 SEED = 20240607
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _start(script: str, args: list[str], log: Path) -> subprocess.Popen:

@@ -10,7 +10,7 @@ from unisyn_v2.metadata.bids import metadata_from_bids, read_sidecar, sidecar_pa
 from unisyn_v2.metadata.classes import metadata_class_key
 from unisyn_v2.metadata.fields import ImageMetadata, MetadataError, SubjectMetadata
 from unisyn_v2.metadata.modalities import Modality, ModalityFamily, UnknownModalityError, get_modality, known_modalities, register_modality
-from unisyn_v2.metadata.prompts import ImageDescription, PromptError, build_prompt, parse_prompt
+from unisyn_v2.metadata.prompts import ImageDescription, PromptError, parse_prompt
 
 PROMPTS = [
     ImageDescription("T2w", ImageMetadata(field_strength=3.0, manufacturer="Siemens", voxel_size=(1.0, 1.0, 1.0),

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from raw_fixtures import write_blob_dataset
 from test_predictor_support import head_phantom, write_case_image
@@ -23,12 +22,7 @@ from unisyn_v2.dataset.image_io import read_image
 MODEL = Path("Dataset001_Blob") / "GFMTrainer__unisynPlans__2.5d"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(dirs: dict[str, Path]) -> None:

@@ -17,12 +17,7 @@ from unisyn_v2.training.variants import OneHotGFMTrainer
 QUICK = {"num_epochs": 3, "iterations_per_epoch": 2, "validation_iterations": 1, "final_validation": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -17,12 +17,7 @@ from unisyn_v2.training.synthesis_trainer import volume_network
 ALL_TASKS = sorted(f"{s}->{t}" for s in MODALITIES for t in MODALITIES if s != t)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -194,8 +194,6 @@ class TrainerBase(CheckpointMixin):
             torch.use_deterministic_algorithms(True)
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(cpu_threads_for_training(self.loader_workers()))
         self.network = self.build_network().to(self.device)
         self._network_call = self.distributed.wrap(self.network, self.device, self.ddp_find_unused_parameters)
         self.build_losses()
@@ -272,6 +270,9 @@ class TrainerBase(CheckpointMixin):
             remove_stale_temp_files(self.model_folder, self.fold_folder, self.fold_folder / "validation",
                                     self.model_folder / "text_encoder")
         handler = attach_file_log(self.fold_folder / "training_log.txt") if main else None
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # only ever lowered; restored below
+            torch.set_num_threads(min(threads, cpu_threads_for_training(self.loader_workers())))
         try:
             self.initialize()
             if self.settings.validation_only:
@@ -299,6 +300,7 @@ class TrainerBase(CheckpointMixin):
             logger.error("interrupted in epoch %d; continue with the same command plus --c", self.current_epoch + 1)
             raise
         finally:
+            torch.set_num_threads(threads)
             for loader in (self.train_loader, self.val_loader):
                 close = getattr(loader, "close", None)
                 if callable(close):
