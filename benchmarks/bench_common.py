@@ -7,6 +7,7 @@ each other's peaks. Children write their result as JSON to a file named on their
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -197,3 +199,13 @@ def median(values: list[float]) -> float:
     import statistics
 
     return float(statistics.median(values)) if values else float("nan")
+
+
+def add_child_process_arguments(parser: argparse.ArgumentParser, out_name: str, timeout_s: float = 3600,
+                                threads_help: str = "torch threads in the children (default: torch's)") -> None:
+    """The options every script that measures in child processes shares: threads, timeout, --out, --child."""
+    parser.add_argument("--threads", type=int, default=None, help=threads_help)
+    parser.add_argument("--timeout", type=float, default=timeout_s, help="seconds per child before it is killed")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / out_name)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench_common import (
+    add_child_process_arguments,
     PeakMemory, child_env, command_line, current_rss_mib, machine_info, machine_line, md_table, median, run_child,
     setup_logging, synchronize, write_child_result, write_outputs,
 )
@@ -169,11 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-iterations", type=int, default=2, help="training iterations per model (default 2)")
     parser.add_argument("--gpu-memory-gb", type=float, default=None, help="planner budget (default: the GPU's free memory)")
     parser.add_argument("--work", type=Path, default=None, help="data/model folder, reused across runs (default $TMPDIR/unisyn_bench_data_<device>)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads in the children, OMP_NUM_THREADS for the CLI (default: torch's)")
-    parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "unisyn_prediction_speed")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--verbose", action="store_true")
+    add_child_process_arguments(parser, "unisyn_prediction_speed",
+                                threads_help="torch threads in the children, OMP_NUM_THREADS for the CLI (default: torch's)")
     return parser
 
 

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from bench_common import (
+    add_child_process_arguments,
     REPO, PeakMemory, child_env, command_line, machine_info, machine_line, md_table, median, run_child,
     setup_logging, synchronize, write_child_result, write_outputs,
 )
@@ -237,12 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=float, default=0.5, help="MONAI overlap; ours gets step_size = 1 - overlap (default 0.5)")
     parser.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass, both methods (default 4)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per method and case (default 3 quick, 5 full)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
     parser.add_argument("--monai-python", type=Path, default=DEFAULT_MONAI_PYTHON, help=f"python of a venv with monai (default {DEFAULT_MONAI_PYTHON})")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per child before it is killed")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "unisyn_sliding_window_vs_monai")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--verbose", action="store_true")
+    add_child_process_arguments(parser, "unisyn_sliding_window_vs_monai", timeout_s=1800)
     return parser
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (
+    add_child_process_arguments,
     PeakMemory, child_env, command_line, current_rss_mib, machine_info, machine_line, md_table, peak_rss_mib,
     run_child, setup_logging, synchronize, write_child_result, write_outputs,
 )
@@ -196,11 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loader-workers", type=int, nargs="+", default=None, help="worker counts for the loader alone (default 0 and unisyn_train's)")
     parser.add_argument("--loader-batches", type=int, default=None, help="timed loader batches (default 30 quick, 100 full)")
     parser.add_argument("--work", type=Path, default=None, help="data/model folder, reused across runs (default $TMPDIR/unisyn_bench_data_<device>)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
-    parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "unisyn_training_throughput")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--verbose", action="store_true")
+    add_child_process_arguments(parser, "unisyn_training_throughput")
     return parser
 
 

@@ -21,25 +21,22 @@ def step_decay_lr(initial_lr: float, epoch: int, num_epochs: int, every_fraction
     return float(initial_lr) * gamma ** (max(epoch, 0) // step)
 
 
-class StepDecayScheduler:
-    """Sets every parameter group's lr to :func:`step_decay_lr` of the current epoch.
+class EpochScheduler:
+    """Sets every parameter group's lr to :meth:`current_lr` of the current epoch; its state is the epoch.
 
-    ``step()`` is called once at the end of each epoch (as ``torch.optim.lr_scheduler``).
+    ``step()`` is called once at the end of each epoch (as ``torch.optim.lr_scheduler``), so resuming
+    from a checkpoint's epoch count is exact. Subclasses define :meth:`current_lr`.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, num_epochs: int,
-                 every_fraction: float = 1.0 / 3.0, gamma: float = 0.5) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, num_epochs: int) -> None:
         self.optimizer = optimizer
         self.initial_lr = float(initial_lr)
         self.num_epochs = int(num_epochs)
-        self.every_fraction = float(every_fraction)
-        self.gamma = float(gamma)
         self.epoch = 0
-        self._apply()
 
     def current_lr(self) -> float:
         """The lr of the current epoch."""
-        return step_decay_lr(self.initial_lr, self.epoch, self.num_epochs, self.every_fraction, self.gamma)
+        raise NotImplementedError(f"{type(self).__name__} must define current_lr()")
 
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
@@ -52,8 +49,7 @@ class StepDecayScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         """Primitives only (weights-only safe)."""
-        return {"epoch": self.epoch, "initial_lr": self.initial_lr, "num_epochs": self.num_epochs,
-                "every_fraction": self.every_fraction, "gamma": self.gamma}
+        return {"epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the epoch (the schedule's constants come from the trainer, the epoch from the file)."""
@@ -61,19 +57,33 @@ class StepDecayScheduler:
         self._apply()
 
 
-class WarmupCosineScheduler:
-    """Per-epoch lr: linear warm-up to ``initial_lr`` over ``warmup_epochs``, then cosine decay towards 0.
+class StepDecayScheduler(EpochScheduler):
+    """The papers' schedule: :func:`step_decay_lr` of the current epoch."""
 
-    Stepped once per epoch like ``torch.optim.lr_scheduler``; its state is the epoch count.
-    """
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, num_epochs: int,
+                 every_fraction: float = 1.0 / 3.0, gamma: float = 0.5) -> None:
+        super().__init__(optimizer, initial_lr, num_epochs)
+        self.every_fraction = float(every_fraction)
+        self.gamma = float(gamma)
+        self._apply()
+
+    def current_lr(self) -> float:
+        """The lr of the current epoch."""
+        return step_decay_lr(self.initial_lr, self.epoch, self.num_epochs, self.every_fraction, self.gamma)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch plus the constants (for inspection; only the epoch is restored)."""
+        return {**super().state_dict(), "initial_lr": self.initial_lr, "num_epochs": self.num_epochs,
+                "every_fraction": self.every_fraction, "gamma": self.gamma}
+
+
+class WarmupCosineScheduler(EpochScheduler):
+    """Per-epoch lr: linear warm-up to ``initial_lr`` over ``warmup_epochs``, then cosine decay towards 0."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, num_epochs: int,
                  warmup_fraction: float = 0.2) -> None:
-        self.optimizer = optimizer
-        self.initial_lr = float(initial_lr)
-        self.num_epochs = max(int(num_epochs), 1)
+        super().__init__(optimizer, initial_lr, max(int(num_epochs), 1))
         self.warmup_epochs = int(round(self.num_epochs * warmup_fraction))
-        self.epoch = 0
         self._apply()
 
     def current_lr(self) -> float:
@@ -83,21 +93,3 @@ class WarmupCosineScheduler:
             return self.initial_lr * (e + 1) / (w + 1)
         progress = (e - w) / max(n - w, 1)
         return self.initial_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    def _apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.current_lr()
-
-    def step(self) -> None:
-        """Advance one epoch."""
-        self.epoch += 1
-        self._apply()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Primitives only."""
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the epoch count."""
-        self.epoch = int(state["epoch"])
-        self._apply()
