@@ -302,7 +302,7 @@ def score(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray, modal
     ref, pred = brain_scale(reference, mask), brain_scale(prediction, mask)
     values = evaluate_in_mask(reference, prediction, mask)  # whole-image scaling, reference copied outside the brain
     result = {"psnr": psnr(ref, pred, data_range=1.0, mask=mask), "ssim": ssim3d(ref, pred, data_range=1.0, mask=mask),
-              "psnr_image": values["psnr"], "ssim_image": values["ssim"]}
+              "psnr_image": values["papers_psnr"], "ssim_image": values["papers_ssim"]}
     if get_modality(modality).family is ModalityFamily.CT:
         result["mae_hu"] = float(evaluate_pair(reference, prediction, "synthrad", mask)["mae"])
     return result

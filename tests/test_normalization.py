@@ -10,6 +10,7 @@ import pytest
 from unisyn_v2.metadata.modalities import ModalityFamily
 from unisyn_v2.preprocessing.normalization import (
     NORMALIZER_REGISTRY,
+    CTBrainWindowNormalizer,
     CTNormalizer,
     MRINormalizer,
     NormalizationError,
@@ -151,16 +152,45 @@ def test_wrong_scheme_and_missing_values_are_rejected() -> None:
 
 
 def test_registry_and_family_defaults() -> None:
-    assert set(NORMALIZER_REGISTRY) == {"ct_window", "pet_suv", "mri_percentile"}
-    assert isinstance(normalizer_for_family(ModalityFamily.CT), CTNormalizer)
+    assert set(NORMALIZER_REGISTRY) == {"ct_brain_window", "ct_window", "pet_suv", "mri_percentile"}
+    assert isinstance(normalizer_for_family(ModalityFamily.CT), CTBrainWindowNormalizer)
     assert isinstance(normalizer_for_family("mri"), MRINormalizer)
     pet = normalizer_for_family(ModalityFamily.PET, dataset_scale=2.0)
     assert isinstance(pet, PETNormalizer) and pet.dataset_scale == 2.0
     rebuilt = build_normalizer(pet.scheme, pet.init_kwargs())
     assert rebuilt.init_kwargs() == pet.init_kwargs()
-    with pytest.raises(NormalizationError, match="known schemes: ct_window, mri_percentile, pet_suv"):
+    with pytest.raises(NormalizationError, match="known schemes: ct_brain_window, ct_window, mri_percentile, pet_suv"):
         build_normalizer("zscore", {})
     with pytest.raises(NormalizationError, match="dataset_scale"):
         build_normalizer("pet_suv", {})
     with pytest.raises(NormalizationError, match="known families"):
         normalizer_for_family("US")
+
+
+def test_ct_brain_window_is_monotone_exactly_invertible_and_resolves_the_brain() -> None:
+    norm = CTBrainWindowNormalizer(window_low=-10.0, window_high=70.0)
+    params = norm.fit(np.zeros(3))
+    hu = np.linspace(-1024.0, 3071.0, 40961).astype(np.float32)
+    normalised = norm.forward(hu, params)
+    assert np.all(np.diff(normalised) > 0)
+    assert normalised[0] == -1.0 and normalised[-1] == 2.0
+    np.testing.assert_allclose(norm.inverse(normalised, params), hu, atol=2e-3 * 3071)
+    brain = norm.forward(np.array([-10.0, 30.0, 40.0, 70.0], np.float32), params)
+    np.testing.assert_allclose(brain, [0.0, 0.5, 0.625, 1.0], atol=1e-6)
+    # grey/white contrast (10 HU) is 1/8 of the scale, against 1/410 under the linear 12-bit window
+    linear = CTNormalizer()
+    contrast = np.diff(linear.forward(np.array([30.0, 40.0], np.float32), linear.fit(np.zeros(3))))[0]
+    assert brain[2] - brain[1] > 50 * contrast
+    # outside the storage range: clipped both ways, as the linear window
+    assert norm.forward(np.array([-3000.0, 9000.0]), params).tolist() == [-1.0, 2.0]
+    assert norm.inverse(np.array([-5.0, 7.0]), params).tolist() == [-1024.0, 3071.0]
+    assert norm.output_unit(params) == "HU"
+
+
+def test_ct_brain_window_rejects_unordered_knots() -> None:
+    with pytest.raises(NormalizationError, match="window_low < window_high"):
+        CTBrainWindowNormalizer(window_low=50.0, window_high=10.0)
+    bad = NormalizationParameters("ct_brain_window", {"clip_low": -1024.0, "window_low": 80.0, "window_high": 20.0,
+                                                      "clip_high": 3071.0})
+    with pytest.raises(NormalizationError, match="not increasing"):
+        CTBrainWindowNormalizer().forward(np.zeros(3), bad)

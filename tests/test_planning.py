@@ -11,7 +11,7 @@ import pytest
 from raw_fixtures import write_blob_dataset
 from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.experiment_planning import api
-from unisyn_v2.experiment_planning.planner import determine_target_spacing, fit_patch_and_batch, unet_kwargs
+from unisyn_v2.experiment_planning.planner import ct_brain_window, determine_target_spacing, fit_patch_and_batch, unet_kwargs
 from unisyn_v2.experiment_planning.plans import Plans, PlansError
 from unisyn_v2.experiment_planning.presets import get_preset
 from unisyn_v2.experiment_planning.splits import make_splits
@@ -35,6 +35,9 @@ def test_pipeline_writes_every_artifact(planned: tuple[Plans, Path]) -> None:
     assert set(fingerprint["modalities"]) == {"T1w", "CT", "FDG-PET"}
     ct = fingerprint["modalities"]["CT"]["foreground_intensities"]
     assert 20 < ct["percentile_50_0"] < 50  # brain voxels only, in HU
+    window = plans.normalization["CT"]
+    assert window.scheme == "ct_brain_window"
+    assert window.kwargs["window_low"] < ct["percentile_00_5"] < ct["percentile_99_5"] < window.kwargs["window_high"]
     assert fingerprint["modalities"]["FDG-PET"]["typical_metadata"]["unit"] == "SUV"
     assert Plans.load(pre / "unisynPlans.json") == plans
     case = load_preprocessed_case(pre / "unisynPlans_data", "case_000")
@@ -60,6 +63,14 @@ def test_ct_round_trip_to_hu(planned: tuple[Plans, Path], unisyn_dirs: dict[str,
     original, _ = read_image(unisyn_dirs["raw"] / "Dataset002_Blob/case_002/case_002_CT.nii.gz")
     assert unit == "HU"
     assert np.abs(restored - original).max() < 0.5
+
+
+def test_ct_brain_window_from_the_fingerprint() -> None:
+    stats = {"foreground_intensities": {"percentile_00_5": 0.0, "percentile_99_5": 60.0}}
+    assert ct_brain_window(stats) == {"window_low": -15.0, "window_high": 75.0, "clip_low": -1024.0, "clip_high": 3071.0}
+    narrow = ct_brain_window({"foreground_intensities": {"percentile_00_5": 30.0, "percentile_99_5": 40.0}})
+    assert (narrow["window_low"], narrow["window_high"]) == (15.0, 55.0)  # widened to CT_MIN_WINDOW_HU
+    assert ct_brain_window({})["window_low"] < 0.0 < 80.0 < ct_brain_window({})["window_high"]  # no statistics
 
 
 def test_target_spacing_rules() -> None:

@@ -52,7 +52,9 @@ def test_real_templates_fingerprint_and_preprocess(unisyn_dirs: dict[str, Path])
     assert 15.0 < ct["percentile_50_0"] < 60.0, ct  # brain tissue in HU
     assert ct["min"] >= -1024.0
     assert fingerprint["median_spacing_zyx"] == pytest.approx([2.0, 2.0, 2.0])
-    assert plans.normalization["CT"].scheme == "ct_window"
+    assert plans.normalization["CT"].scheme == "ct_brain_window"
+    window = plans.normalization["CT"].kwargs
+    assert window["window_low"] < ct["percentile_00_5"] < ct["percentile_99_5"] < window["window_high"]
     assert plans.normalization["H2O-PET"].scheme == "pet_suv"
 
     case = load_preprocessed_case(pre / plans.configuration().data_identifier, "icbm")

@@ -44,10 +44,10 @@ def test_gfm_end_to_end_and_model_folder_loader(toy: dict[str, Path]) -> None:
     assert "epoch 2/2" in log and "val_psnr" in log
 
     summary = json.loads((fold / "validation/summary.json").read_text())
-    assert summary["protocol"] == "papers" and summary["num_cases"] == 1
+    assert summary["protocol"] == "reference" and summary["num_cases"] == 1
     assert sorted(summary["tasks"]) == ALL_TASKS
     task = summary["tasks"]["T1w->CT"]
-    assert set(task["mean"]) == {"psnr", "ssim", "mae"}
+    assert set(task["mean"]) == {"psnr", "ssim", "mae", "papers_psnr", "papers_ssim"}
     assert set(task["baselines"]) == {"identity", "histogram_matching"}
     assert task["cases"][0]["case_id"] == trainer.val_cases[0]
     assert set(summary["mean_over_tasks"]) == {"model", "identity", "histogram_matching"}

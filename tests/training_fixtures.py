@@ -10,6 +10,7 @@ the identity.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -25,6 +26,7 @@ from unisyn_v2.metadata.tokenizer import MetadataTokenizer
 from unisyn_v2.networks.text_artifact import save_text_encoder_artifact, text_encoder_artifact_folder
 from unisyn_v2.networks.text_encoder import MetadataTextEncoder
 from unisyn_v2.preprocessing.case_store import PreprocessedCase, save_preprocessed_case
+from unisyn_v2.preprocessing.normalization import build_normalizer
 
 DATASET_NAME = "Dataset902_TrainToy"
 PLANS_NAME = "unisynPlans"
@@ -33,6 +35,10 @@ SHAPE = (16, 32, 32)
 # tissue values per modality: (wm, gm, csf)
 VALUES = {"T1w": (0.9, 0.6, 0.15), "CT": (0.27, 0.26, 0.25), "FDG-PET": (0.3, 0.8, 0.05)}
 TEXT_DIM = 16
+# the plans' intensity contract for the toy values (CT on the linear window, where 0.26 is about 40 HU)
+NORMALIZATION = {"T1w": NormalizationPlan("mri_percentile", {"lower_percentile": 0.5, "upper_percentile": 99.5}),
+                 "CT": NormalizationPlan("ct_window", {"clip_low": -1024.0, "clip_high": 3071.0}),
+                 "FDG-PET": NormalizationPlan("pet_suv", {"dataset_scale": 1.0, "unit": "SUV"})}
 
 
 def tiny_plans(slab_patch: tuple[int, int, int] = (4, 16, 16), volume_patch: tuple[int, int, int] = (8, 16, 16),
@@ -55,7 +61,7 @@ def tiny_plans(slab_patch: tuple[int, int, int] = (4, 16, 16), volume_patch: tup
     }
     return Plans(
         plans_name=PLANS_NAME, dataset_name=DATASET_NAME, planner="tests", preset="cpu", modalities=MODALITIES,
-        normalization={m: NormalizationPlan("test") for m in MODALITIES}, target_spacing_zyx=(2.0, 2.0, 2.0),
+        normalization=dict(NORMALIZATION), target_spacing_zyx=(2.0, 2.0, 2.0),
         resampling={}, default_configuration="2.5d", configurations=configurations,
         text_encoder=TextEncoderPlan(context_length=224, width=16, layers=1, heads=2, embed_dim=TEXT_DIM),
         neuroclip=NeuroCLIPPlan(), gpu_memory_gb=None,
@@ -86,6 +92,11 @@ def _metadata(modality: str) -> ImageMetadata:
     return ImageMetadata(voxel_size=(2.0, 2.0, 2.0), tracer="FDG", unit="SUV", injected_dose=250.0, uptake_time=45.0)
 
 
+def _channel_normalization(modality: str) -> dict[str, Any]:
+    plan = NORMALIZATION[modality]
+    return build_normalizer(plan.scheme, dict(plan.kwargs)).default_target_parameters().to_dict()
+
+
 def write_training_dataset(preprocessed_root: Path, num_cases: int = 5, shape: tuple[int, int, int] = SHAPE,
                            seed: int = 0, plans: Plans | None = None) -> tuple[Path, Plans]:
     """Write ``<root>/Dataset902_TrainToy/`` (plans, splits, dataset.json, cases); returns (folder, plans)."""
@@ -104,7 +115,7 @@ def write_training_dataset(preprocessed_root: Path, num_cases: int = 5, shape: t
             meta = _metadata(modality)
             channels.append({"modality": modality, "metadata": meta.to_dict(),
                              "prompt": ImageDescription(modality, meta, subject).prompt(), "class_key": modality,
-                             "normalization": {"scheme": "test", "values": {}}, "file": None})
+                             "normalization": _channel_normalization(modality), "file": None})
         properties = {"case_id": case_id, "subject": subject.to_dict(), "channels": channels,
                       "target_spacing_zyx": [2.0, 2.0, 2.0], "shape_after_resampling_zyx": list(shape)}
         save_preprocessed_case(data_folder, PreprocessedCase(case_id, np.stack(arrays), mask, properties))

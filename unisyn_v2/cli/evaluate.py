@@ -1,7 +1,8 @@
 """``unisyn_evaluate``: metrics of predictions against references, and comparison figures (thin over evaluation).
 
-Protocols: ``papers`` (each image scaled to [0, 1], TUMSyn/UniSyn numbers) and ``synthrad`` (CT in HU,
-SynthRAD2023 window, MAE in HU); ``auto`` (default) picks ``synthrad`` when every prediction's sidecar
+Protocols: ``papers`` (each image scaled to [0, 1], TUMSyn/UniSyn numbers), ``synthrad`` (CT in HU,
+SynthRAD2023 window, MAE in HU) and ``reference`` (both images on the reference's 0.5-99.5th percentile
+range, the trainers' validation); ``auto`` (default) picks ``synthrad`` when every prediction's sidecar
 says its target is CT and ``papers`` otherwise. The protocol used is recorded in summary.json.
 Figures (``--figure``): ``<summary folder>/figures/<case>.png`` with source, synthesis, ground truth and
 |error| in three orientations; the source is found in ``--source DIR`` (a file named ``<case>.*`` or

@@ -8,6 +8,12 @@
   outside-mask voxels to -1024 and shifting by +1024, averaged over the mask. Note: the official
   2023 MAE is computed without clipping; here MAE uses the clipped images, so that one outlier
   voxel (metal, air pockets mislabelled) cannot dominate it.
+- ``reference``: one affine map for both images, from the reference alone: its 0.5th percentile -> 0
+  and 99.5th -> 1 (inside the mask when one is given), unclipped; PSNR and SSIM with data_range 1 and
+  MAE on that scale. Why a third: under ``papers`` each image is scaled by its own minimum, which inside
+  the brain is a noise outlier of the reference but a tissue value of a smooth (denoised) prediction,
+  so a prediction is shifted by a noise-dependent offset; here a prediction is judged in the
+  reference's units, as a regression is (MONAI's PSNR with a fixed max_val does the same).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Protocol(StrEnum):
 
     PAPERS = "papers"
     SYNTHRAD = "synthrad"
+    REFERENCE = "reference"
 
 
 def papers_scale(image: np.ndarray) -> np.ndarray:
@@ -50,6 +57,29 @@ def evaluate_papers(ref: np.ndarray, pred: np.ndarray, mask: Optional[np.ndarray
     """PSNR / SSIM / MAE on per-image [0, 1]-scaled volumes (TUMSyn/UniSyn numbers)."""
     ref_s = papers_scale(ref)
     pred_s = papers_scale(pred)
+    return {
+        "psnr": psnr(ref_s, pred_s, data_range=1.0, mask=mask),
+        "ssim": ssim3d(ref_s, pred_s, data_range=1.0, mask=mask),
+        "mae": mae(ref_s, pred_s, mask=mask),
+    }
+
+
+def reference_range(ref: np.ndarray, mask: Optional[np.ndarray] = None) -> tuple[float, float]:
+    """The reference's robust range: 0.5th and 99.5th percentiles (inside ``mask`` when it has voxels)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    values = ref[np.asarray(mask) > 0] if mask is not None and np.any(mask) else ref.ravel()
+    lo, hi = (float(v) for v in np.percentile(values, [100.0 - PAPERS_UPPER_PERCENTILE, PAPERS_UPPER_PERCENTILE]))
+    if not hi > lo:
+        logger.warning("reference is constant between its 0.5th and 99.5th percentiles; using a range of 1")
+        hi = lo + 1.0
+    return lo, hi
+
+
+def evaluate_reference_scaled(ref: np.ndarray, pred: np.ndarray, mask: Optional[np.ndarray] = None) -> dict[str, float]:
+    """PSNR / SSIM / MAE with both images mapped by the reference's robust range (one affine map)."""
+    lo, hi = reference_range(ref, mask)
+    ref_s = (np.asarray(ref, dtype=np.float64) - lo) / (hi - lo)
+    pred_s = (np.asarray(pred, dtype=np.float64) - lo) / (hi - lo)
     return {
         "psnr": psnr(ref_s, pred_s, data_range=1.0, mask=mask),
         "ssim": ssim3d(ref_s, pred_s, data_range=1.0, mask=mask),
@@ -94,6 +124,8 @@ def evaluate_pair(
         raise ValueError(f"reference shape {ref.shape} != prediction shape {pred.shape}")
     if protocol is Protocol.PAPERS:
         values = evaluate_papers(ref, pred, mask)
+    elif protocol is Protocol.REFERENCE:
+        values = evaluate_reference_scaled(ref, pred, mask)
     else:
         values = evaluate_synthrad(ref, pred, mask)
     return {"protocol": protocol.value, **values}

@@ -23,6 +23,8 @@ from unisyn_v2.networks.factory import build_synthesis_network
 logger = logging.getLogger(__name__)
 
 ANISOTROPY_THRESHOLD = 3.0
+CT_DEFAULT_WINDOW_HU = (0.0, 80.0)  # brain HU range when the fingerprint has no CT brain statistics
+CT_MIN_WINDOW_HU = 40.0
 MEMORY_SAFETY_FRACTION = 0.85  # CUDA context, cuDNN workspaces and fragmentation are not estimated
 CPU_MEMORY_BUDGET_GB = 4.0
 MIN_BATCH_SIZE = 2
@@ -46,11 +48,25 @@ def determine_target_spacing(spacings_zyx: np.ndarray, shapes_zyx: np.ndarray) -
     return tuple(round(float(v), 6) for v in target)  # type: ignore[return-value]
 
 
+def ct_brain_window(fingerprint_modality: dict[str, Any]) -> dict[str, float]:
+    """The CT brain window: the brain's 0.5-99.5th HU percentiles widened by a quarter of their span on
+    each side (at least CT_MIN_WINDOW_HU wide), so pathology a little outside the training range still
+    falls on the fine segment."""
+    stats = fingerprint_modality.get("foreground_intensities") or {}
+    low, high = stats.get("percentile_00_5"), stats.get("percentile_99_5")
+    if low is None or high is None or not np.isfinite([low, high]).all() or not high > low:
+        low, high = CT_DEFAULT_WINDOW_HU
+    margin = max(0.25 * (high - low), 0.5 * (CT_MIN_WINDOW_HU - (high - low)))
+    low, high = max(low - margin, -1000.0), min(high + margin, 3000.0)
+    return {"window_low": round(float(low), 1), "window_high": round(float(high), 1),
+            "clip_low": -1024.0, "clip_high": 3071.0}
+
+
 def normalization_plan(modality: str, fingerprint_modality: dict[str, Any]) -> NormalizationPlan:
     """The intensity contract of a modality's family, with dataset constants from the fingerprint."""
     family = get_modality(modality).family
     if family is ModalityFamily.CT:
-        return NormalizationPlan("ct_window", {"clip_low": -1024.0, "clip_high": 3071.0})
+        return NormalizationPlan("ct_brain_window", ct_brain_window(fingerprint_modality))
     if family is ModalityFamily.PET:
         upper = float(fingerprint_modality["foreground_intensities"]["percentile_99_5"])
         unit = fingerprint_modality.get("typical_metadata", {}).get("unit")

@@ -2,11 +2,15 @@
 
 For each validation case and each (source, target) task it holds (within the task filter), the whole
 preprocessed source volume is synthesised (Gaussian-blended tiles of the training patch size) and
-compared with the ground truth under the ``papers`` protocol (each image scaled to [0, 1] by its own
-minimum and 99.5th percentile; PSNR, SSIM, MAE) inside the brain mask, on the normalised arrays.
-Outside the mask every candidate gets the reference's voxels, so only the brain decides the metrics and
-the per-image scaling. Two baselines are scored the same way: identity (the source as the prediction)
-and histogram matching (the source's brain quantiles mapped onto the mean brain quantiles of the target
+compared with the ground truth inside the brain mask, on the preprocessed grid in output units: every
+array goes through the target image's inverse normalisation first (HU for CT, SUV or SUVR for PET, the
+image's own normalised scale for MRI), so a nonlinear scheme (the CT brain window) cannot change what
+is measured. Headline metrics (``psnr``, ``ssim``, ``mae``) use the ``reference`` protocol: both images
+on the reference's brain 0.5-99.5th percentile range, one affine map, so a smooth prediction is not
+shifted by the noise in the reference's minimum; ``papers_psnr`` / ``papers_ssim`` add the papers'
+per-image scaling (whole-image statistics, reference copied outside the mask) for comparison.
+Two baselines are scored the same way: identity (the normalised source taken as the prediction) and
+histogram matching (the source's brain quantiles mapped onto the mean brain quantiles of the target
 modality over training cases; no peeking at the ground truth). Results go to
 ``fold_N/validation/summary.json`` (per case and mean per task) with one example PNG per task.
 """
@@ -26,7 +30,9 @@ from unisyn_v2.evaluation.protocols import evaluate_pair
 from unisyn_v2.inference.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import write_json_atomic
 from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.preprocessing.case_preprocessor import normalizer_for
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
+from unisyn_v2.preprocessing.normalization import NormalizationParameters
 from unisyn_v2.training.data.cases import description_from_channel
 from unisyn_v2.training.settings import task_key
 
@@ -35,7 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 QUANTILES = np.linspace(0.0, 1.0, 257)
-METRICS = ("psnr", "ssim", "mae")
+METRICS = ("psnr", "ssim", "mae", "papers_psnr", "papers_ssim")
 MAX_REFERENCE_CASES = 10
 
 
@@ -74,11 +80,21 @@ def histogram_match(source: np.ndarray, mask: np.ndarray, reference_quantiles: n
 
 
 def evaluate_in_mask(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Papers-protocol PSNR / SSIM / MAE in the brain; the reference is copied outside it."""
+    """``reference``-protocol PSNR / SSIM / MAE in the brain, plus the papers protocol's PSNR / SSIM (with
+    the reference copied outside the brain, so only the brain differs)."""
     inside = mask > 0
+    region = mask if inside.any() else None
+    values = evaluate_pair(reference, prediction, "reference", region)
     candidate = np.where(inside, prediction, reference) if inside.any() else prediction
-    values = evaluate_pair(reference, candidate, "papers", mask if inside.any() else None)
-    return {k: float(values[k]) for k in METRICS}
+    papers = evaluate_pair(reference, candidate, "papers", region)
+    return {"psnr": float(values["psnr"]), "ssim": float(values["ssim"]), "mae": float(values["mae"]),
+            "papers_psnr": float(papers["psnr"]), "papers_ssim": float(papers["ssim"])}
+
+
+def to_output_units(array: np.ndarray, channel: dict[str, Any], trainer: "SynthesisTrainer") -> np.ndarray:
+    """A normalised array in the units of the image ``channel`` describes (case properties' channel entry)."""
+    normalizer = normalizer_for(trainer.plans, channel["modality"])
+    return normalizer.inverse(array, NormalizationParameters.from_dict(channel["normalization"]))
 
 
 def _json_number(value: float) -> float | str:
@@ -131,11 +147,16 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                 with torch.no_grad():
                     prediction = predict_volume(network, trainer.conditioner, source, descriptions[s], descriptions[t],
                                                 trainer.patch_size, trainer.device, tile_batch_size=2 * trainer.batch_size)
-                row: dict[str, Any] = {"case_id": case_id, "model": evaluate_in_mask(reference, prediction, case.mask),
-                                       "identity": evaluate_in_mask(reference, source, case.mask)}
+                def units(array: np.ndarray) -> np.ndarray:
+                    return to_output_units(array, channels[t], trainer)
+
+                reference_units = units(reference)
+                row: dict[str, Any] = {"case_id": case_id,
+                                       "model": evaluate_in_mask(reference_units, units(prediction), case.mask),
+                                       "identity": evaluate_in_mask(reference_units, units(source), case.mask)}
                 if target_modality in references:
                     matched = histogram_match(source, case.mask, references[target_modality])
-                    row["histogram_matching"] = evaluate_in_mask(reference, matched, case.mask)
+                    row["histogram_matching"] = evaluate_in_mask(reference_units, units(matched), case.mask)
                 if key not in per_task and (figure_cap is None or figures < figure_cap):
                     figures += 1
                     name = f"{case_id}_{source_modality}_to_{target_modality}.png"
@@ -170,7 +191,7 @@ def _summarise(trainer: "SynthesisTrainer", per_task: dict[str, list[dict[str, A
     overall = {"model": _mean([floats(t["mean"]) for t in tasks.values() if t["mean"]])}
     for name in ("identity", "histogram_matching"):
         overall[name] = _mean([floats(t["baselines"][name]) for t in tasks.values() if t["baselines"].get(name)])
-    return {"protocol": "papers", "space": "normalised (preprocessed grid)", "region": "brain mask",
+    return {"protocol": "reference", "papers_metrics": "papers_psnr, papers_ssim: papers protocol", "space": "output units (preprocessed grid)", "region": "brain mask",
             "trainer": type(trainer).__name__, "dataset": trainer.dataset_name, "configuration": trainer.configuration,
             "fold": str(trainer.fold), "epoch": trainer.current_epoch, "num_cases": len({r["case_id"] for rows in per_task.values() for r in rows}),
             "seconds": round(seconds, 1), "mean_over_tasks": overall, "tasks": tasks}
