@@ -38,6 +38,9 @@ def test_demo_end_to_end_and_rerun(unisyn_dirs: dict[str, Path], tmp_path: Path,
         summary = json.loads(Path(report["evaluations"][target]["summary"]).read_text())
         assert set(summary["mean"]) >= {"psnr", "ssim", "mae"}
     assert list((out / "figures").glob("*_T1w_to_CT.png"))
+    assert set(report["validation"]) == {"T1w->CT", "T1w->FDG-PET"}
+    assert {"model", "identity", "histogram_matching"} <= set(report["validation"]["T1w->CT"])
+    assert "validation T1w->CT" in printed
 
     # a second run reuses the phantom, the preprocessed data and both finished trainings
     checkpoint = Path(report["synthesis_model"]) / "fold_0" / "checkpoint_final.pth"

@@ -99,9 +99,19 @@ def _evaluate_target(target: str, predictions: Path, truths: dict[str, dict[str,
         synthesis, geometry = read_image(predictions / f"{case_id}_{target}.nii.gz")
         save_comparison_figure(output / "figures" / f"{case_id}_T1w_to_{target}.png", read_image(paths["T1w"])[0], synthesis,
                                read_image(paths[target])[0], spacing_zyx=geometry.spacing_zyx, suptitle=f"{case_id}: T1w -> {target}")
-    protocol = "synthrad" if target == "CT" else "papers"
+    protocol = "synthrad" if target == "CT" else "reference"
     summary = evaluate_folders(references, predictions, protocol, mask_dir=masks, output_file=output / f"summary_T1w_to_{target}.json")
     return summary
+
+
+def validation_against_baselines(summary_path: Path) -> dict[str, dict[str, Any]]:
+    """Per task of the trainer's final validation: PSNR of the model, identity and histogram matching."""
+    if not summary_path.is_file():
+        return {}
+    tasks = read_json(summary_path).get("tasks", {})
+    return {task: {"model": values["mean"].get("psnr"),
+                   **{name: b.get("psnr") for name, b in values["baselines"].items()},
+                   "beats_baselines": values.get("beats_baselines")} for task, values in tasks.items()}
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
@@ -129,5 +139,6 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         summary = _evaluate_target(target, predictions, truths, output)
         if summary is not None:
             report["evaluations"][target] = {"summary": str(output / f"summary_T1w_to_{target}.json"), "mean": summary.get("mean")}
+    report["validation"] = validation_against_baselines(gfm_trainer.fold_folder / "validation" / "summary.json")
     write_json_atomic(output / "demo_report.json", json.loads(json.dumps(report, default=str)))
     return report

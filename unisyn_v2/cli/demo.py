@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             mean = evaluation["mean"] or {}
             metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in mean.items())
             print(f"  T1w -> {target:8s} {metrics}  ({evaluation['summary']})")
+        for task, psnr in report.get("validation", {}).items():
+            print(f"  validation {task:16s} PSNR model {psnr['model']:.2f} dB, identity {psnr.get('identity', float('nan')):.2f}, "
+                  f"histogram matching {psnr.get('histogram_matching', float('nan')):.2f} (reference protocol)")
         print(f"  report           {Path(args.output).resolve() / 'demo_report.json'}")
         return 0
 
