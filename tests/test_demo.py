@@ -38,6 +38,8 @@ def test_demo_end_to_end_and_rerun(unisyn_dirs: dict[str, Path], tmp_path: Path,
         summary = json.loads(Path(report["evaluations"][target]["summary"]).read_text())
         assert set(summary["mean"]) >= {"psnr", "ssim", "mae"}
     assert list((out / "figures").glob("*_T1w_to_CT.png"))
+    inputs = json.loads((out / "inputs" / "dataset.json").read_text())["cases"]  # masks: brain-percentile T1w as in training
+    assert inputs and all((out / "inputs" / c["brain_mask"]).is_file() for c in inputs)
     assert set(report["validation"]) == {"T1w->CT", "T1w->FDG-PET"}
     assert {"model", "identity", "histogram_matching"} <= set(report["validation"]["T1w->CT"])
     assert "validation T1w->CT" in printed

@@ -66,7 +66,7 @@ def _ensure_phantom(options: DemoOptions) -> Path:
 
 
 def _held_out_inputs(raw_root: Path, case_ids: list[str], output: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
-    """A small input folder (dataset.json + T1w images) of held-out cases, plus their ground truths."""
+    """A small input folder (dataset.json + T1w images and brain masks) of held-out cases, plus their ground truths."""
     description = load_dataset_description(raw_root)
     inputs = output / "inputs"
     cases, truths = [], {}
@@ -77,7 +77,11 @@ def _held_out_inputs(raw_root: Path, case_ids: list[str], output: Path) -> tuple
             continue
         (inputs / case_id).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(description.path_of(t1.file), inputs / t1.file)
-        cases.append({"id": case_id, "subject": case.subject.to_dict(), "images": [{"file": t1.file, "modality": "T1w", "metadata": t1.metadata.to_dict()}]})
+        entry = {"id": case_id, "subject": case.subject.to_dict(), "images": [{"file": t1.file, "modality": "T1w", "metadata": t1.metadata.to_dict()}]}
+        if case.brain_mask:  # the T1w is normalised on brain percentiles, as in training
+            shutil.copyfile(description.path_of(case.brain_mask), inputs / case.brain_mask)
+            entry["brain_mask"] = case.brain_mask
+        cases.append(entry)
         truths[case_id] = {image.modality: description.path_of(image.file) for image in case.images}
         truths[case_id]["brain_mask"] = description.path_of(case.brain_mask) if case.brain_mask else None
     write_json_atomic(inputs / "dataset.json", {"name": "held-out inputs", "cases": cases})

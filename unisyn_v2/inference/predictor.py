@@ -30,6 +30,7 @@ from unisyn_v2.inference.inputs import (
 from unisyn_v2.inference.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import remove_stale_temp_files
 from unisyn_v2.metadata.fields import ImageMetadata
+from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.networks.slice_adapter import SlicesAsChannels
 from unisyn_v2.paths import results_dir
@@ -287,6 +288,10 @@ class UniSynPredictor:
                            case.case_id, case.brain_mask, mask.shape, chosen.path.name, geometry.shape_zyx)
             mask = None
         source = with_header_voxel_size(self.describe_source(chosen), geometry)
+        if mask is None and get_modality(source.modality).family is ModalityFamily.MRI:
+            logger.warning("case %s: no brain mask, so the %s is normalised over the whole head; a model trained "
+                           "with brain masks saw brain percentiles and synthesises worse from this (give "
+                           "'brain_mask' in dataset.json)", case.case_id, source.modality)
         target_description = self.target_description(target, source)
         self.check_prompts(case.case_id, source, target_description)
         logger.info("case %s: %s -> %s", case.case_id, chosen.path.name, target.modality)
