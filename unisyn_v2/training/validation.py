@@ -147,16 +147,13 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                 with torch.no_grad():
                     prediction = predict_volume(network, trainer.conditioner, source, descriptions[s], descriptions[t],
                                                 trainer.patch_size, trainer.device, tile_batch_size=2 * trainer.batch_size)
-                def units(array: np.ndarray) -> np.ndarray:
-                    return to_output_units(array, channels[t], trainer)
-
-                reference_units = units(reference)
-                row: dict[str, Any] = {"case_id": case_id,
-                                       "model": evaluate_in_mask(reference_units, units(prediction), case.mask),
-                                       "identity": evaluate_in_mask(reference_units, units(source), case.mask)}
+                candidates = {"model": prediction, "identity": source}
                 if target_modality in references:
-                    matched = histogram_match(source, case.mask, references[target_modality])
-                    row["histogram_matching"] = evaluate_in_mask(reference_units, units(matched), case.mask)
+                    candidates["histogram_matching"] = histogram_match(source, case.mask, references[target_modality])
+                reference_units = to_output_units(reference, channels[t], trainer)
+                row: dict[str, Any] = {"case_id": case_id}
+                for name, candidate in candidates.items():  # all in the target's units (its normalised space in)
+                    row[name] = evaluate_in_mask(reference_units, to_output_units(candidate, channels[t], trainer), case.mask)
                 if key not in per_task and (figure_cap is None or figures < figure_cap):
                     figures += 1
                     name = f"{case_id}_{source_modality}_to_{target_modality}.png"
