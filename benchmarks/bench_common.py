@@ -20,7 +20,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger("benchmarks")
 
@@ -186,6 +186,27 @@ def write_outputs(out: Path, result: dict[str, Any], markdown: str) -> None:
 def command_line(script: str, argv: list[str] | None) -> str:
     """The command that reproduces this run, relative to the repository root."""
     return shlex.join([".venv/bin/python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def command_and_notes(result: dict[str, Any]) -> list[str]:
+    """The markdown lines every report ends with: the command and the run's notes."""
+    lines = ["", f"Command: `{result['command']}`"]
+    if result["notes"]:
+        lines += ["", "Notes:"] + [f"- {n}" for n in result["notes"]]
+    return lines
+
+
+def parse_or_run_child(parser: argparse.ArgumentParser, argv: list[str] | None,
+                       child: Callable[[dict[str, Any]], dict[str, Any]]) -> argparse.Namespace | None:
+    """Parse the command line and set up logging; in a child process (``--child SPEC``) run ``child(spec)``,
+    hand its result to the parent and return None."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if not args.child:
+        return args
+    spec = json.loads(args.child)
+    write_child_result(Path(spec["result"]), child(spec))
+    return None
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:

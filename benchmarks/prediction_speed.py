@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench_common import (
+    command_and_notes, parse_or_run_child,
     add_child_process_arguments,
     PeakMemory, child_env, command_line, current_rss_mib, machine_info, machine_line, md_table, median, run_child,
-    setup_logging, synchronize, write_child_result, write_outputs,
+    synchronize, write_outputs,
 )
 from bench_data import DataSpec, ensure_model, prepare_dataset, use_work_folder
 
@@ -150,9 +151,7 @@ def markdown(result: dict[str, Any]) -> str:
                      api.get("median_export_s"), api.get("median_load_model_s"),
                      api.get("median_cuda_peak_increase_mib" if cuda else "median_peak_rss_increase_mib")])
     lines += md_table(header, rows)
-    lines += ["", f"Command: `{result['command']}`"]
-    if result["notes"]:
-        lines += ["", "Notes:"] + [f"- {n}" for n in result["notes"]]
+    lines += command_and_notes(result)
     return "\n".join(lines) + "\n"
 
 
@@ -176,11 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    if args.child:
-        spec = json.loads(args.child)
-        write_child_result(Path(spec["result"]), child_api(spec))
+    args = parse_or_run_child(build_parser(), argv, child_api)
+    if args is None:
         return 0
     device = args.device
     if args.threads:  # the set-up work in this process (stage 1, the models to predict with) too

@@ -43,9 +43,10 @@ import torch
 from torch import nn
 
 from bench_common import (
+    command_and_notes, parse_or_run_child,
     add_child_process_arguments,
     REPO, PeakMemory, child_env, command_line, machine_info, machine_line, md_table, median, run_child,
-    setup_logging, synchronize, write_child_result, write_outputs,
+    synchronize, write_outputs,
 )
 
 logger = logging.getLogger("benchmarks.sliding_window")
@@ -222,9 +223,7 @@ def markdown(result: dict[str, Any]) -> str:
             times = [str(r["time_s"]) if r["returncode"] == 0 else "fail" for r in result["runs"]
                      if r["case"] == case and r["method"] == method]
             lines.append(f"- {case} {method}: {', '.join(times)}")
-    lines += ["", f"Command: `{result['command']}`"]
-    if result["notes"]:
-        lines += ["", "Notes:"] + [f"- {n}" for n in result["notes"]]
+    lines += command_and_notes(result)
     return "\n".join(lines) + "\n"
 
 
@@ -244,11 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    if args.child:
-        spec = json.loads(args.child)
-        write_child_result(Path(spec["result"]), child_agree(spec) if spec["mode"] == "agree" else child_time(spec))
+    args = parse_or_run_child(build_parser(), argv, lambda spec: child_agree(spec) if spec["mode"] == "agree" else child_time(spec))
+    if args is None:
         return 0
     if not args.monai_python.is_file():
         logger.error("no python at %s; create the MONAI venv first (see --help)", args.monai_python)

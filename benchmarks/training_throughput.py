@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (
+    command_and_notes, parse_or_run_child,
     add_child_process_arguments,
     PeakMemory, child_env, command_line, current_rss_mib, machine_info, machine_line, md_table, peak_rss_mib,
-    run_child, setup_logging, synchronize, write_child_result, write_outputs,
+    run_child, synchronize, write_outputs,
 )
 from bench_data import DataSpec, ensure_text_encoder, prepare_dataset, trainer_tasks, use_work_folder
 
@@ -161,9 +162,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += md_table(["config", "workers", "batch", "batches/s", "samples/s", "first batch (s)"],
                       [[r["configuration"], r["workers"], r.get("batch_size"), r.get("batches_per_s", "failed"),
                         r.get("samples_per_s"), r.get("first_batch_s")] for r in result["loader"]])
-    lines += ["", f"Command: `{result['command']}`"]
-    if result["notes"]:
-        lines += ["", "Notes:"] + [f"- {n}" for n in result["notes"]]
+    lines += command_and_notes(result)
     return "\n".join(lines) + "\n"
 
 
@@ -202,11 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    if args.child:
-        spec = json.loads(args.child)
-        write_child_result(Path(spec["result"]), child_loader(spec) if spec["mode"] == "loader" else child_train(spec))
+    args = parse_or_run_child(build_parser(), argv, lambda spec: child_loader(spec) if spec["mode"] == "loader" else child_train(spec))
+    if args is None:
         return 0
     from unisyn_v2.training.settings import default_num_workers
 
