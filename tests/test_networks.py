@@ -50,6 +50,24 @@ def test_encoder_and_decoder_keep_resolution(dims: int) -> None:
     assert out.shape == (2, 2, *_spatial(dims))
 
 
+@pytest.mark.parametrize("dilations", [None, (1, 2, 4)])
+def test_encoder_receptive_field_matches_the_gradient_footprint(dilations: tuple[int, ...] | None) -> None:
+    encoder = ResidualImageEncoder(2, width=8, num_blocks=3, feature_dim=4, dims=2, dilations=dilations)
+    x = torch.randn(4, 2, 61, 61, requires_grad=True)
+    encoder(x)[:, :, 30, 30].abs().sum().backward()
+    touched = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)))  # columns that reach the centre output
+    assert touched.max() - touched.min() + 1 == encoder.receptive_field
+    assert encoder.receptive_field == (3 + 4 * 3 if dilations is None else 3 + 4 * 7)
+    assert encoder(torch.randn(1, 2, 20, 24)).shape == (1, 4, 20, 24)
+
+
+def test_encoder_rejects_dilations_that_do_not_match_the_blocks() -> None:
+    with pytest.raises(ValueError, match="dilations"):
+        ResidualImageEncoder(2, width=8, num_blocks=3, feature_dim=4, dilations=(1, 2))
+    with pytest.raises(ValueError, match="dilations"):
+        ResidualImageEncoder(2, width=8, num_blocks=2, feature_dim=4, dilations=(1, 0))
+
+
 @pytest.mark.parametrize("kind", ["gfm", "crossattn"])
 @pytest.mark.parametrize("dims", [2, 3])
 def test_synthesis_networks_output_shapes(kind: str, dims: int) -> None:

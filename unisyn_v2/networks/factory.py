@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from torch import nn
 
@@ -25,9 +25,9 @@ PAPER_DECODER_HIDDEN = (2048, 1024, 1024)
 
 def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
                feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
-               alpha_min: float = 0.05) -> GFMNetwork:
+               alpha_min: float = 0.05, encoder_dilations: Optional[Sequence[int]] = None) -> GFMNetwork:
     return GFMNetwork(
-        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims),
+        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations),
         affine=PromptAffine(text_dim, feature_dim, alpha_min=alpha_min),
         decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
     )
@@ -35,9 +35,10 @@ def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width:
 
 def _build_crossattn(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
                      feature_dim: int, text_dim: int, num_heads: int,
-                     decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN) -> CrossAttnSynthesisNetwork:
+                     decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
+                     encoder_dilations: Optional[Sequence[int]] = None) -> CrossAttnSynthesisNetwork:
     return CrossAttnSynthesisNetwork(
-        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims),
+        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations),
         text_dim=text_dim, feature_dim=feature_dim, num_heads=num_heads,
         decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
     )

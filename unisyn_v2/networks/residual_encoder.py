@@ -1,6 +1,8 @@
 """UniSyn's image encoder: a full-resolution residual CNN (no downsampling) projected to the feature width."""
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import nn
 
@@ -12,15 +14,16 @@ class ResidualBlock(nn.Module):
 
     There is no normalisation layer in the paper's description; to keep a deep stack (24 blocks) stable
     at initialisation, the second convolution's weights are scaled by ``residual_init_scale``
-    (Fixup-style, 1/sqrt(num_blocks) by default from the encoder).
+    (Fixup-style, 1/sqrt(num_blocks) by default from the encoder). ``dilation`` > 1 (not in the paper)
+    widens both convolutions' reach at the same cost, with "same" padding so resolution is kept.
     """
 
-    def __init__(self, width: int, dims: int, residual_init_scale: float = 1.0) -> None:
+    def __init__(self, width: int, dims: int, residual_init_scale: float = 1.0, dilation: int = 1) -> None:
         super().__init__()
         conv = conv_class(dims)
-        self.conv1 = conv(width, width, kernel_size=3, padding=1)
+        self.conv1 = conv(width, width, kernel_size=3, padding=dilation, dilation=dilation)
         self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = conv(width, width, kernel_size=3, padding=1)
+        self.conv2 = conv(width, width, kernel_size=3, padding=dilation, dilation=dilation)
         self.relu2 = nn.ReLU(inplace=True)
         with torch.no_grad():
             self.conv2.weight.mul_(residual_init_scale)
@@ -42,21 +45,29 @@ class ResidualImageEncoder(nn.Module):
         num_blocks: number of residual blocks (UniSyn: 24).
         feature_dim: output feature channels (UniSyn: 768).
         dims: 2 or 3.
+        dilations: one dilation per block (default all 1, as the paper). The paper's 24 blocks see about
+            99 voxels; a small CPU stack reaches a similar field of view with dilations such as (1, 2, 4, 8),
+            where 4 undilated blocks see 19. See ``receptive_field``.
     """
 
-    def __init__(self, in_channels: int, width: int, num_blocks: int, feature_dim: int, dims: int = 2) -> None:
+    def __init__(self, in_channels: int, width: int, num_blocks: int, feature_dim: int, dims: int = 2,
+                 dilations: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         if min(in_channels, width, feature_dim) < 1 or num_blocks < 0:
             raise ValueError(
                 f"in_channels, width, feature_dim must be >= 1 and num_blocks >= 0, got "
                 f"{in_channels}, {width}, {feature_dim}, {num_blocks}"
             )
+        dilations = [1] * num_blocks if dilations is None else [int(d) for d in dilations]
+        if len(dilations) != num_blocks or min(dilations, default=1) < 1:
+            raise ValueError(f"dilations must hold num_blocks={num_blocks} integers >= 1, got {dilations}")
         conv = conv_class(dims)
         self.dims = dims
         self.feature_dim = feature_dim
+        self.dilations = tuple(dilations)
         self.stem = nn.Sequential(conv(in_channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True))
         scale = 1.0 / max(num_blocks, 1) ** 0.5
-        self.blocks = nn.Sequential(*[ResidualBlock(width, dims, scale) for _ in range(num_blocks)])
+        self.blocks = nn.Sequential(*[ResidualBlock(width, dims, scale, d) for d in dilations])
         self.projection = conv(width, feature_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,3 +75,8 @@ class ResidualImageEncoder(nn.Module):
         if x.ndim != self.dims + 2:
             raise ValueError(f"expected a {self.dims + 2}D input (B, C, *spatial), got shape {tuple(x.shape)}")
         return self.projection(self.blocks(self.stem(x)))
+
+    @property
+    def receptive_field(self) -> int:
+        """Voxels along one in-plane axis that influence one output location (stem 3, each block 4 * d)."""
+        return 3 + 4 * sum(self.dilations)
