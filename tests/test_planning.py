@@ -108,6 +108,17 @@ def test_paper_preset_reproduces_the_paper() -> None:
     assert 4.5e8 < count_parameters(network) < 4.7e8  # 24 blocks x 2 convs x 1024^2 x 9 dominate
 
 
+def test_cpu_preset_dilates_its_blocks_and_the_paper_preset_does_not() -> None:
+    from unisyn_v2.experiment_planning.planner import network_kwargs
+
+    cpu, paper = get_preset("cpu"), get_preset("paper")
+    kwargs = network_kwargs(cpu, True, cpu.slab_patch, 64)
+    assert kwargs["encoder_dilations"] == list(cpu.encoder_dilations) and len(kwargs["encoder_dilations"]) == cpu.num_blocks
+    assert build_synthesis_network("gfm", kwargs).encoder.receptive_field == 63
+    assert build_synthesis_network("crossattn", kwargs).encoder.receptive_field == 63
+    assert "encoder_dilations" not in network_kwargs(paper, True, paper.slab_patch, 1536)
+
+
 def test_unet_kwargs_divide_patch() -> None:
     kwargs = unet_kwargs(get_preset("cpu"), False, (32, 48, 40))
     total = np.prod(np.array(kwargs["strides"]), axis=0)

@@ -87,6 +87,7 @@ def network_kwargs(preset: Preset, slab: bool, patch: Sequence[int], text_dim: i
         "decoder_hidden": list(preset.decoder_hidden),
         "text_dim": text_dim,
         "num_heads": preset.num_heads,
+        **({"encoder_dilations": list(preset.encoder_dilations)} if preset.encoder_dilations else {}),
     }
 
 
