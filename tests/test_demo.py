@@ -49,3 +49,12 @@ def test_demo_end_to_end_and_rerun(unisyn_dirs: dict[str, Path], tmp_path: Path,
     stamp = checkpoint.stat().st_mtime_ns
     assert demo_cli.main(TINY + ["-o", str(out)]) == 0
     assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_demo_caps_the_plans_schedule_for_its_four_directions() -> None:
+    from unisyn_v2.demo import DEMO_MAX_EPOCHS, DemoOptions, demo_epochs
+
+    assert demo_epochs(DemoOptions(), 100) == DEMO_MAX_EPOCHS == 60
+    assert demo_epochs(DemoOptions(), 30) == 30
+    assert demo_epochs(DemoOptions(all_tasks=True), 100) == 100
+    assert demo_epochs(DemoOptions(epochs=7), 100) == 7

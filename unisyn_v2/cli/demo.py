@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-d", "--dataset_id", type=int, default=900, help="id of the demo dataset (default 900)")
     parser.add_argument("--cases", type=int, default=20, help="phantom cases (default 20)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None, help="GFM epochs (default: the plans')")
+    parser.add_argument("--epochs", type=int, default=None, help="GFM epochs (default: the plans', at most 60 unless --all_tasks)")
     parser.add_argument("--iterations_per_epoch", type=int, default=None)
     parser.add_argument("--neuroclip_epochs", type=int, default=None)
     parser.add_argument("-tr", "--trainer", default="gfm", help="stage-2 trainer (gfm, crossattn, onehot, unet, ...)")
