@@ -33,7 +33,6 @@ def write_variant(dataset: str, name: str, base: str = DEFAULT_PLANS_NAME, confi
     kwargs = {**config.network_kwargs, **(network or {})}
     if "num_blocks" in (network or {}) and "encoder_dilations" not in (network or {}):
         kwargs.pop("encoder_dilations", None)  # one dilation per block: a new depth starts undilated
-
     unet = dict(config.unet_kwargs)
     patch = list(config.patch_size)
     if slab_depth is not None:

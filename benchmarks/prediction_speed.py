@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench_common import (
-    command_and_notes, parse_or_run_child,
-    add_child_process_arguments,
+    add_child_process_arguments, command_and_notes, parse_or_run_child,
     PeakMemory, child_env, command_line, current_rss_mib, machine_info, machine_line, md_table, median, run_child,
     synchronize, write_outputs,
 )

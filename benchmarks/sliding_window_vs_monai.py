@@ -43,8 +43,7 @@ import torch
 from torch import nn
 
 from bench_common import (
-    command_and_notes, parse_or_run_child,
-    add_child_process_arguments,
+    add_child_process_arguments, command_and_notes, parse_or_run_child,
     REPO, PeakMemory, child_env, command_line, machine_info, machine_line, md_table, median, run_child,
     synchronize, write_outputs,
 )

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (
-    command_and_notes, parse_or_run_child,
-    add_child_process_arguments,
+    add_child_process_arguments, command_and_notes, parse_or_run_child,
     PeakMemory, child_env, command_line, current_rss_mib, machine_info, machine_line, md_table, peak_rss_mib,
     run_child, synchronize, write_outputs,
 )

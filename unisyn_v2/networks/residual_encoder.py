@@ -78,5 +78,5 @@ class ResidualImageEncoder(nn.Module):
 
     @property
     def receptive_field(self) -> int:
-        """Voxels along one in-plane axis that influence one output location (stem 3, each block 4 * d)."""
+        """Voxels along each convolved axis (in-plane for 2.5D) that reach one output location: stem 3, a block 4 * d."""
         return 3 + 4 * sum(self.dilations)
