@@ -68,6 +68,28 @@ def test_encoder_rejects_dilations_that_do_not_match_the_blocks() -> None:
         ResidualImageEncoder(2, width=8, num_blocks=2, feature_dim=4, dilations=(1, 0))
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_encoder_input_skip_carries_the_voxel_intensity_past_every_relu(dims: int) -> None:
+    encoder = ResidualImageEncoder(3, width=8, num_blocks=2, feature_dim=3, dims=dims, input_skip=True)
+    with torch.no_grad():  # projection: trunk ignored, input copied channel by channel
+        encoder.projection.weight.zero_()
+        encoder.projection.bias.zero_()
+        for c in range(3):
+            encoder.projection.weight[c, 8 + c] = 1.0
+    x = torch.randn(2, 3, *_spatial(dims))  # negative values too: a path through a ReLU would clip them
+    torch.testing.assert_close(encoder(x), x)
+    plain = ResidualImageEncoder(3, width=8, num_blocks=2, feature_dim=3, dims=dims)
+    assert count_parameters(encoder) - count_parameters(plain) == 3 * 3  # in_channels x feature_dim
+    assert encoder.receptive_field == plain.receptive_field
+
+
+@pytest.mark.parametrize("kind", ["gfm", "crossattn"])
+def test_factory_passes_the_encoder_input_skip(kind: str) -> None:
+    net = build_synthesis_network(kind, {**TINY, "encoder_input_skip": True})
+    assert net.encoder.input_skip and net.encoder.projection.in_channels == 16 + 8
+    assert not build_synthesis_network(kind, TINY).encoder.input_skip
+
+
 @pytest.mark.parametrize("kind", ["gfm", "crossattn"])
 @pytest.mark.parametrize("dims", [2, 3])
 def test_synthesis_networks_output_shapes(kind: str, dims: int) -> None:

@@ -108,7 +108,7 @@ def test_paper_preset_reproduces_the_paper() -> None:
     assert 4.5e8 < count_parameters(network) < 4.7e8  # 24 blocks x 2 convs x 1024^2 x 9 dominate
 
 
-def test_cpu_preset_dilates_its_blocks_and_the_paper_preset_does_not() -> None:
+def test_cpu_preset_dilates_its_blocks_and_skips_the_input_and_the_paper_preset_does_not() -> None:
     from unisyn_v2.experiment_planning.planner import network_kwargs
 
     cpu, paper = get_preset("cpu"), get_preset("paper")
@@ -116,7 +116,11 @@ def test_cpu_preset_dilates_its_blocks_and_the_paper_preset_does_not() -> None:
     assert kwargs["encoder_dilations"] == list(cpu.encoder_dilations) and len(kwargs["encoder_dilations"]) == cpu.num_blocks
     assert build_synthesis_network("gfm", kwargs).encoder.receptive_field == 63
     assert build_synthesis_network("crossattn", kwargs).encoder.receptive_field == 63
-    assert "encoder_dilations" not in network_kwargs(paper, True, paper.slab_patch, 1536)
+    assert kwargs["encoder_input_skip"] is True
+    assert build_synthesis_network("gfm", kwargs).encoder.input_skip
+    assert build_synthesis_network("crossattn", kwargs).encoder.input_skip
+    paper_kwargs = network_kwargs(paper, True, paper.slab_patch, 1536)
+    assert "encoder_dilations" not in paper_kwargs and "encoder_input_skip" not in paper_kwargs
 
 
 def test_unet_kwargs_divide_patch() -> None:

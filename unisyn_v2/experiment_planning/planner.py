@@ -88,6 +88,7 @@ def network_kwargs(preset: Preset, slab: bool, patch: Sequence[int], text_dim: i
         "text_dim": text_dim,
         "num_heads": preset.num_heads,
         **({"encoder_dilations": list(preset.encoder_dilations)} if preset.encoder_dilations else {}),
+        **({"encoder_input_skip": True} if preset.encoder_input_skip else {}),
     }
 
 

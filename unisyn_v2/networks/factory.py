@@ -25,9 +25,11 @@ PAPER_DECODER_HIDDEN = (2048, 1024, 1024)
 
 def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
                feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
-               alpha_min: float = 0.05, encoder_dilations: Optional[Sequence[int]] = None) -> GFMNetwork:
+               alpha_min: float = 0.05, encoder_dilations: Optional[Sequence[int]] = None,
+               encoder_input_skip: bool = False) -> GFMNetwork:
     return GFMNetwork(
-        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations),
+        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
+                                     encoder_input_skip),
         affine=PromptAffine(text_dim, feature_dim, alpha_min=alpha_min),
         decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
     )
@@ -36,9 +38,11 @@ def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width:
 def _build_crossattn(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
                      feature_dim: int, text_dim: int, num_heads: int,
                      decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
-                     encoder_dilations: Optional[Sequence[int]] = None) -> CrossAttnSynthesisNetwork:
+                     encoder_dilations: Optional[Sequence[int]] = None,
+                     encoder_input_skip: bool = False) -> CrossAttnSynthesisNetwork:
     return CrossAttnSynthesisNetwork(
-        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations),
+        encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
+                                     encoder_input_skip),
         text_dim=text_dim, feature_dim=feature_dim, num_heads=num_heads,
         decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
     )

@@ -48,10 +48,13 @@ class ResidualImageEncoder(nn.Module):
         dilations: one dilation per block (default all 1, as the paper). The paper's 24 blocks see about
             99 voxels; a small CPU stack reaches a similar field of view with dilations such as (1, 2, 4, 8),
             where 4 undilated blocks see 19. See ``receptive_field``.
+        input_skip: concatenate the input to the trunk's output before the 1x1 projection (not in the
+            paper), so every feature can carry the voxel's own intensity on a path no ReLU or residual
+            block touches; a small trunk otherwise smooths voxel-level detail (BENCHMARKS.md).
     """
 
     def __init__(self, in_channels: int, width: int, num_blocks: int, feature_dim: int, dims: int = 2,
-                 dilations: Optional[Sequence[int]] = None) -> None:
+                 dilations: Optional[Sequence[int]] = None, input_skip: bool = False) -> None:
         super().__init__()
         if min(in_channels, width, feature_dim) < 1 or num_blocks < 0:
             raise ValueError(
@@ -65,16 +68,18 @@ class ResidualImageEncoder(nn.Module):
         self.dims = dims
         self.feature_dim = feature_dim
         self.dilations = tuple(dilations)
+        self.input_skip = bool(input_skip)
         self.stem = nn.Sequential(conv(in_channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True))
         scale = 1.0 / max(num_blocks, 1) ** 0.5
         self.blocks = nn.Sequential(*[ResidualBlock(width, dims, scale, d) for d in dilations])
-        self.projection = conv(width, feature_dim, kernel_size=1)
+        self.projection = conv(width + (in_channels if self.input_skip else 0), feature_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (B, in_channels, *spatial) to (B, feature_dim, *spatial)."""
         if x.ndim != self.dims + 2:
             raise ValueError(f"expected a {self.dims + 2}D input (B, C, *spatial), got shape {tuple(x.shape)}")
-        return self.projection(self.blocks(self.stem(x)))
+        trunk = self.blocks(self.stem(x))
+        return self.projection(torch.cat([trunk, x], dim=1) if self.input_skip else trunk)
 
     @property
     def receptive_field(self) -> int:
