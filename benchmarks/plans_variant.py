@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--num_blocks", type=int, default=None)
     parser.add_argument("--decoder", type=int, nargs="+", default=None, help="decoder hidden widths")
     parser.add_argument("--dilations", type=int, nargs="+", default=None, help="one encoder dilation per block")
-    parser.add_argument("--input_skip", action="store_true", help="encoder projection also sees the input")
+    parser.add_argument("--input_skip", action=argparse.BooleanOptionalAction, default=None,
+                        help="the encoder's projection also sees the input (--no-input_skip: as the paper)")
     parser.add_argument("--linear_ct", action="store_true", help="the linear ct_window instead of the brain window")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -73,7 +74,7 @@ def main() -> None:
                                  ("num_blocks", args.num_blocks),
                                  ("decoder_hidden", list(args.decoder) if args.decoder else None),
                                  ("encoder_dilations", list(args.dilations) if args.dilations else None),
-                                 ("encoder_input_skip", True if args.input_skip else None))
+                                 ("encoder_input_skip", args.input_skip))
                if v is not None}
     write_variant(args.dataset, args.name, args.base, args.configuration, args.slab_depth, network, args.linear_ct)
 
