@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--step_size", type=float, default=0.5, help="tile step as a fraction of the tile (default 0.5)")
     run.add_argument("--tile_batch_size", type=int, default=4, help="tiles per forward pass (default 4)")
     run.add_argument("--tta", action="store_true",
-                     help="mirroring test-time augmentation: 4x the forward passes for 2.5D (y, x), 8x for 3D")
+                     help="mirroring test-time augmentation over the axes the trainer mirrored (trainer.json mirror_axes; "
+                          "left-right by default: 2x the forward passes)")
     run.add_argument("--not_on_device", action="store_true", help="accumulate tiles in host memory (large volumes)")
     run.add_argument("-npp", "--num_processes", type=int, default=1,
                      help="cases predicted in parallel worker processes, each loading the model and holding one case "
