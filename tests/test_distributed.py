@@ -1,4 +1,4 @@
-"""Data-parallel training on the CPU: two gloo ranks started by ``--num_gpus 2`` (the spawn launcher).
+"""Data-parallel training on the CPU: two gloo ranks started as ``--num_gpus 2`` starts them (fork).
 
 Both ranks must end with identical weights (DDP all-reduces the gradients), different from the
 initial ones, equal to rank 0's checkpoint, and rank 1 must not have written a single file.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,12 +16,18 @@ import pytest
 import torch
 
 from training_fixtures import DATASET_NAME, make_trainer, write_text_encoder, write_training_dataset
-from unisyn_v2.training.distributed import DistributedContext, launch, shard_range
+from unisyn_v2.training.distributed import DistributedContext, shard_range
 from unisyn_v2.training.gfm_trainer import GFMTrainer
 from unisyn_v2.training.settings import TrainerSettings
 
 SETTINGS = {"num_epochs": 2, "iterations_per_epoch": 2, "validation_iterations": 1, "num_workers": 0,
             "validation_figures": 0, "max_validation_cases": 1}
+# The launcher runs in a fresh interpreter, as unisyn_train does: forking pytest itself, after earlier
+# tests ran multi-threaded torch ops, can leave a rank waiting forever on a lock copied mid-use
+# (OpenMP does not survive a fork; launch() documents this).
+LAUNCHER = ("import sys; sys.path.insert(0, sys.argv[1]); from test_distributed import _rank; "
+            "from unisyn_v2.training.distributed import launch; "
+            "launch(2, _rank, sys.argv[2], sys.argv[3], start_method='fork')")
 WRITE_EVENTS = ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.copyfile", "os.truncate")
 
 
@@ -98,7 +105,9 @@ def test_two_gloo_ranks_keep_identical_weights_resume_and_only_rank_0_writes(
     start = {k: v.clone() for k, v in initial.network.state_dict().items()}
     out = tmp_path / "ranks"
     out.mkdir()
-    launch(2, _rank, str(tmp_path), str(out), start_method="fork")  # what --num_gpus uses on the CPU
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, str(Path(__file__).parent), str(tmp_path), str(out)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
 
     weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     resumed = [torch.load(out / f"resumed{r}.pt", weights_only=True) for r in (0, 1)]

@@ -58,7 +58,7 @@ class SynthesisTrainer(TrainerBase):
     # L1 weight outside the brain mask (1.0: the paper's plain L1). Less weight on the head around the brain
     # keeps the brain's edge sharp: at 0.1 a model painted an old subject's large ventricles as air; 0.01
     # rather than 0.03 gave +0.26 dB (GFM) and +0.13 dB (CrossAttn) mean over the demo phantom's 20
-    # directions, most of it in the outer voxel shells of the brain (BENCHMARKS.md, "Background weight").
+    # directions (BENCHMARKS.md, "Background weight 0.01").
     background_weight: ClassVar[float] = 0.01
 
     def __init__(self, plans: Plans, configuration: str, fold: int | str, dataset_name: str,
