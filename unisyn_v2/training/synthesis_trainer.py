@@ -55,8 +55,8 @@ class SynthesisTrainer(TrainerBase):
     conditioning: ClassVar[str] = "text"  # text | onehot | none
     both_directions: ClassVar[bool] = True
     single_task: ClassVar[bool] = False
-    # L1 weight outside the brain mask (1.0: the paper's plain L1). Less weight on the head around the brain
-    # keeps the brain's edge sharp: at 0.1 a model painted an old subject's large ventricles as air; 0.01
+    # L1 weight outside the brain mask (1.0: the paper's plain L1). Each step down has helped so far: at 0.1
+    # a model painted an old subject's large ventricles as air (0.03 fixed that); 0.01
     # rather than 0.03 gave +0.26 dB (GFM) and +0.13 dB (CrossAttn) mean over the demo phantom's 20
     # directions (BENCHMARKS.md, "Background weight 0.01").
     background_weight: ClassVar[float] = 0.01
