@@ -159,6 +159,33 @@ def test_cross_attention_ignores_source_prompt_and_uses_target() -> None:
     assert not torch.allclose(a, c)
 
 
+def test_cross_attention_gate_is_an_attention_pool_over_locations() -> None:
+    net: CrossAttnSynthesisNetwork = build_synthesis_network("crossattn", TINY).eval()
+    features, text = torch.randn(2, 12, 5, 7), torch.randn(2, 6)
+    shuffled = features.flatten(2)[:, :, torch.randperm(35)].reshape(features.shape)
+    with torch.no_grad():
+        gate = net.channel_gate(features, text)
+        assert gate.shape == (2, 12)
+        # a pool over locations: where each location sits does not matter, only which channels it holds
+        torch.testing.assert_close(net.channel_gate(shuffled, text), gate)
+        # the attention weights sum to one, so a constant map pools to its own value vector
+        constant = features[:, :, :1, :1].expand_as(features)
+        value = net.attention.key_value(constant[:, :, 0, 0])[:, 12:]
+        torch.testing.assert_close(net.channel_gate(constant, text), net.attention.projection(value))
+        assert not torch.allclose(net.channel_gate(features, text + 1.0), gate)
+
+
+def test_cross_attention_gate_multiplies_the_features() -> None:
+    net: CrossAttnSynthesisNetwork = build_synthesis_network("crossattn", TINY).eval()
+    features, text = torch.randn(2, 12, 5, 7), torch.randn(2, 6)
+    with torch.no_grad():
+        net.feed_forward.project_out.weight.zero_()  # leave the gate and the two norms
+        gate = net.channel_gate(features, text)
+        layer_norm = lambda x: torch.nn.functional.layer_norm(x.movedim(1, -1), (12,)).movedim(-1, 1)  # noqa: E731
+        expected = layer_norm(layer_norm(features * gate[:, :, None, None]))
+        torch.testing.assert_close(net.fuse(features, text), expected)
+
+
 def test_slices_as_channels_adapter_round_trips_3d_patches() -> None:
     net = SlicesAsChannels(build_synthesis_network("gfm", TINY))
     out = net(torch.randn(2, 1, 8, 10, 12), torch.randn(2, 6), torch.randn(2, 6))

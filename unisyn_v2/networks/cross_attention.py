@@ -4,22 +4,86 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from unisyn_v2.networks.conv_ops import broadcast_to_spatial
+from unisyn_v2.networks.conv_ops import broadcast_to_spatial, conv_class
 from unisyn_v2.networks.outputs import SynthesisOutput
 
 
-class CrossAttnSynthesisNetwork(nn.Module):
-    """Encoder features fused with the target prompt by cross-attention, then decoded pointwise.
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of every location of a (B, C, *spatial) map (TUMSyn's ``LayerNorm``)."""
 
-    As in TUMSyn, the (frozen) target text embedding goes through an adapter (Linear + ReLU) and is the
-    *query*; the image features (one token per location, layer-normalised) are key and value. With one
-    text token the attention returns one context vector per sample: an image-aware summary selected by
-    the prompt. It is projected and added at every location on top of the identity (residual) path,
-    f = f_s + W ctx, so the fusion is a per-sample, per-channel shift of the feature map; spatial detail
-    comes only from f_s. TUMSyn's LIIF decoder (arbitrary output scale) is replaced by the same
-    pointwise decoder the GFM uses, so the ablation isolates the fusion.
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        variance = x.var(1, keepdim=True, unbiased=False)
+        x = (x - mean) / torch.sqrt(variance + self.eps)
+        return x * broadcast_to_spatial(self.weight[None], x.ndim) + broadcast_to_spatial(self.bias[None], x.ndim)
+
+
+class TextQueryChannelAttention(nn.Module):
+    """One text query attends over every location; returns a (B, C) per-channel vector.
+
+    TUMSyn's ``C_Cross_Attention3D``: multi-head attention with the (adapted) prompt as the only query
+    and the image features as keys and values. Queries and keys are L2-normalised per head and the
+    logits are their cosine, unscaled, as in TUMSyn.
+    """
+
+    def __init__(self, channels: int, num_heads: int) -> None:
+        super().__init__()
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(f"num_heads must divide feature_dim, got feature_dim={channels}, num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.query = nn.Linear(channels, channels)
+        self.key_value = nn.Linear(channels, 2 * channels)
+        self.projection = nn.Linear(channels, channels)
+
+    def forward(self, features: torch.Tensor, query_text: torch.Tensor) -> torch.Tensor:
+        batch, channels = features.shape[:2]
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        tokens = features.flatten(2).transpose(1, 2)  # (B, N, C)
+        key, value = self.key_value(tokens).chunk(2, dim=-1)
+        key = F.normalize(key.reshape(batch, -1, heads, head_dim).transpose(1, 2), dim=-1)  # (B, h, N, d)
+        value = value.reshape(batch, -1, heads, head_dim).transpose(1, 2)
+        query = F.normalize(self.query(query_text).reshape(batch, heads, 1, head_dim), dim=-1)
+        weights = (query @ key.transpose(-2, -1)).softmax(dim=-1)  # (B, h, 1, N)
+        return self.projection((weights @ value).reshape(batch, channels))
+
+
+class GatedConvFeedForward(nn.Module):
+    """Restormer's gated depthwise-conv feed-forward (TUMSyn's ``Mlp``): 1x1 up, depthwise 3x3, GELU gate,
+    1x1 down; the only spatial mixing in the fusion block."""
+
+    def __init__(self, channels: int, dims: int, ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = 2 * max(1, int(channels * ratio) // 2)
+        conv = conv_class(dims)
+        self.project_in = conv(channels, hidden, kernel_size=1, bias=False)
+        self.depthwise = conv(hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=False)
+        self.project_out = conv(hidden // 2, channels, kernel_size=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.depthwise(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(gate) * value)
+
+
+class CrossAttnSynthesisNetwork(nn.Module):
+    """Encoder features fused with the target prompt by TUMSyn's cross-attention block, then decoded pointwise.
+
+    TUMSyn's ``Block3D`` (depth 1): the frozen prompt embedding goes through an adapter MLP (``text_lora``)
+    and is the single query of an attention over the image features (keys and values); the attended
+    vector *multiplies* the feature map channel-wise (a prompt- and image-dependent gate); then
+    LayerNorm, a residual gated depthwise-conv feed-forward, LayerNorm:
+    ``x = LN(f_s * g); x = LN(x + FFN(x))``. TUMSyn's LIIF decoder (arbitrary output scale) is replaced by
+    the pointwise decoder the GFM uses, so the ablation isolates the fusion. Unlike TUMSyn's code, tokens
+    are laid out channel-last before the heads are split (its ``reshape`` of a channel-first map mixes
+    channels and locations).
 
     Args:
         encoder: image -> features (B, feature_dim, *spatial).
@@ -27,26 +91,30 @@ class CrossAttnSynthesisNetwork(nn.Module):
         feature_dim: feature channels of the encoder output.
         num_heads: attention heads (must divide feature_dim).
         decoder: features -> image.
+        dims: 2 (2.5D) or 3, for the feed-forward's depthwise convolution.
     """
 
-    def __init__(self, encoder: nn.Module, text_dim: int, feature_dim: int, num_heads: int, decoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, text_dim: int, feature_dim: int, num_heads: int, decoder: nn.Module,
+                 dims: int = 2) -> None:
         super().__init__()
-        if num_heads < 1 or feature_dim % num_heads:
-            raise ValueError(f"num_heads must divide feature_dim, got feature_dim={feature_dim}, num_heads={num_heads}")
         self.encoder = encoder
-        self.text_adapter = nn.Sequential(nn.Linear(text_dim, feature_dim), nn.ReLU())
-        self.kv_norm = nn.LayerNorm(feature_dim)
-        self.attention = nn.MultiheadAttention(feature_dim, num_heads, batch_first=True)
-        self.context_projection = nn.Linear(feature_dim, feature_dim)
+        self.text_adapter = nn.Sequential(nn.Linear(text_dim, feature_dim), nn.ReLU(),
+                                          nn.Linear(feature_dim, feature_dim))
+        self.attention = TextQueryChannelAttention(feature_dim, num_heads)
+        self.gate_norm = ChannelLayerNorm(feature_dim)
+        self.feed_forward = GatedConvFeedForward(feature_dim, dims)
+        self.output_norm = ChannelLayerNorm(feature_dim)
         self.decoder = decoder
 
+    def channel_gate(self, features: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
+        """The (B, feature_dim) vector that multiplies the features: attention of the prompt over them."""
+        return self.attention(features, self.text_adapter(target_text))
+
     def fuse(self, features: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
-        """Return f_s + W attn(q=adapter(T_t), k=v=f_s) broadcast over every location."""
-        tokens = self.kv_norm(features.flatten(2).transpose(1, 2))  # (B, N, F)
-        query = self.text_adapter(target_text).unsqueeze(1)  # (B, 1, F)
-        context, _ = self.attention(query, tokens, tokens, need_weights=False)
-        shift = self.context_projection(context.squeeze(1))
-        return features + broadcast_to_spatial(shift, features.ndim)
+        """``LN(x + FFN(x))`` with ``x = LN(f_s * gate)``."""
+        gate = broadcast_to_spatial(self.channel_gate(features, target_text), features.ndim)
+        x = self.gate_norm(features * gate)
+        return self.output_norm(x + self.feed_forward(x))
 
     def forward(
         self, source: torch.Tensor, source_text: Optional[torch.Tensor], target_text: torch.Tensor

@@ -44,7 +44,7 @@ def _build_crossattn(*, dims: int, in_channels: int, out_channels: int, encoder_
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),
         text_dim=text_dim, feature_dim=feature_dim, num_heads=num_heads,
-        decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
+        decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims), dims=dims,
     )
 
 

@@ -1,8 +1,9 @@
 """The ablation trainers, each a few class attributes on top of the GFM / synthesis trainer.
 
-- :class:`CrossAttnBaselineTrainer` (``crossattn``): TUMSyn's fusion, the target prompt as the query
-  of a cross-attention over the image features; same encoder and decoder as the GFM; L1 in both
-  directions (the same number of syntheses per iteration as the GFM).
+- :class:`CrossAttnBaselineTrainer` (``crossattn``): TUMSyn's fusion block, the target prompt as the
+  query of a cross-attention over the image features, whose output gates the feature channels, then a
+  gated depthwise-conv feed-forward; same encoder and decoder as the GFM; L1 in both directions (the
+  same number of syntheses per iteration as the GFM).
 - :class:`OneHotGFMTrainer` (``onehot``): the GFM with modality one-hot codes instead of NeuroCLIP
   (TUMSyn's one-hot model); needs no stage 1.
 - :class:`GFMTaskTrainer` (``gfm_task``): a task-specific GFM, one ``--tasks SRC->TGT`` pair.
