@@ -11,7 +11,10 @@ import pytest
 from raw_fixtures import write_blob_dataset
 from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.experiment_planning import api
-from unisyn_v2.experiment_planning.planner import ct_brain_window, determine_target_spacing, fit_patch_and_batch, unet_kwargs
+from unisyn_v2.experiment_planning.memory import estimate_training_memory_bytes
+from unisyn_v2.experiment_planning.planner import (
+    ct_brain_window, determine_target_spacing, estimate_synthesis_memory_bytes, fit_patch_and_batch, network_kwargs, unet_kwargs,
+)
 from unisyn_v2.experiment_planning.plans import Plans, PlansError
 from unisyn_v2.experiment_planning.presets import get_preset
 from unisyn_v2.experiment_planning.splits import make_splits
@@ -147,3 +150,13 @@ def test_newer_plans_version_is_refused(planned: tuple[Plans, Path]) -> None:
     del data["configurations"]["2.5d"]["batch_size"]
     with pytest.raises(PlansError, match=r"configurations.2.5d.batch_size"):
         Plans.from_dict(data, source="x.json")
+
+
+def test_memory_estimate_covers_the_heavier_of_gfm_and_crossattn() -> None:
+    patch = (4, 48, 48)
+    kwargs = network_kwargs(get_preset("cpu"), True, patch, text_dim=64)
+    alone = {kind: estimate_training_memory_bytes(lambda kind=kind: build_synthesis_network(kind, kwargs),
+                                                  [(1, *patch), (1, 64), (1, 64)], 2, forward_passes=2).total_bytes
+             for kind in ("gfm", "crossattn")}
+    assert alone["crossattn"] > alone["gfm"]  # the fusion block's feed-forward at every location
+    assert estimate_synthesis_memory_bytes(kwargs, patch, True, 2) == max(alone.values())
