@@ -11,20 +11,11 @@ from unisyn_v2.networks.conv_ops import broadcast_to_spatial, conv_class
 from unisyn_v2.networks.outputs import SynthesisOutput
 
 
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of every location of a (B, C, *spatial) map (TUMSyn's ``LayerNorm``)."""
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
+class ChannelLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the channels of every location of a (B, C, *spatial) map (TUMSyn's ``LayerNorm``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        variance = x.var(1, keepdim=True, unbiased=False)
-        x = (x - mean) / torch.sqrt(variance + self.eps)
-        return x * broadcast_to_spatial(self.weight[None], x.ndim) + broadcast_to_spatial(self.bias[None], x.ndim)
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
 
 
 class TextQueryChannelAttention(nn.Module):
