@@ -64,7 +64,10 @@ class TextConditioner:
         self._freeze()
         self._cache: dict[str, torch.Tensor] = {}
         projection = getattr(text_encoder, "text_projection", None)
-        if isinstance(projection, nn.Linear):
+        output_dim = getattr(text_encoder, "embed_dim", None) or getattr(text_encoder, "output_dim", None)
+        if isinstance(output_dim, int):
+            self.text_dim = output_dim
+        elif isinstance(projection, nn.Linear):
             self.text_dim = int(projection.out_features)
         else:
             with torch.no_grad():

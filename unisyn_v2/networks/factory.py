@@ -111,10 +111,12 @@ def build_image_encoder(kwargs: Mapping[str, Any]) -> nn.Module:
 def build_neuroclip(image_kwargs: Mapping[str, Any], text_kwargs: Mapping[str, Any],
                     init_temperature: float = 0.07) -> NeuroCLIP:
     """Build NeuroCLIP; both encoders must share the embedding size."""
-    image_dim, text_dim = image_kwargs.get("embed_dim", 512), text_kwargs.get("embed_dim", 512)
+    text_encoder = build_text_encoder(text_kwargs)
+    image_dim, text_dim = image_kwargs.get("embed_dim", 512), text_encoder.output_dim
     if image_dim != text_dim:
-        raise ValueError(f"image and text embed_dim must match, got {image_dim} and {text_dim}")
-    return NeuroCLIP(build_image_encoder(image_kwargs), build_text_encoder(text_kwargs), init_temperature)
+        raise ValueError(f"image embed_dim must match the text embedding size (embed_dim plus any value code), "
+                         f"got {image_dim} and {text_dim}")
+    return NeuroCLIP(build_image_encoder(image_kwargs), text_encoder, init_temperature)
 
 
 def paper_gfm_kwargs() -> dict[str, Any]:

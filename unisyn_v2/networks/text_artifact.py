@@ -51,8 +51,8 @@ class FrozenTextEncoder(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        """Size of the prompt embedding."""
-        return self.encoder.text_projection.out_features
+        """Size of the prompt embedding (the value code included when numbers are encoded by value)."""
+        return self.encoder.output_dim
 
     @property
     def text_projection(self) -> nn.Linear:
@@ -85,6 +85,7 @@ def text_encoder_kwargs(encoder: MetadataTextEncoder) -> dict[str, Any]:
         "causal": bool(encoder.causal),
         "pad_token_id": encoder.pad_token_id,
         "eot_token_id": encoder.eot_token_id,
+        **({"value_encoding": encoder.value_encoding} if encoder.value_encoding is not None else {}),
     }
 
 
@@ -124,7 +125,7 @@ def save_text_encoder_artifact(folder: Path, tokenizer: MetadataTokenizer, text_
     _replace_atomic(folder / "weights.pt", lambda p: torch.save(state, p))
     tokenizer.save(folder / "tokenizer.json")
     full = {**dict(config or {}), "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
-            "text_encoder_kwargs": kwargs, "embed_dim": kwargs["embed_dim"], "normalize": True}
+            "text_encoder_kwargs": kwargs, "embed_dim": encoder.output_dim, "normalize": True}
     write_json_atomic(folder / "config.json", full)
     return folder
 

@@ -1,11 +1,15 @@
 """NeuroCLIP's text side: a CLIP-style transformer over metadata-prompt token ids (context 224)."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from unisyn_v2.metadata.tokenizer import MetadataTokenizer
+from unisyn_v2.metadata.value_code import DEFAULT_CENTRES, VALUE_FIELDS, mask_numbers, prompt_value_code, value_code_size
 from unisyn_v2.networks.transformer import Transformer
 
 
@@ -25,6 +29,13 @@ class MetadataTextEncoder(nn.Module):
     EOT positions: ``eot_positions`` if given to forward, else the first ``token_ids == eot_token_id``
     (when set), else the last non-padding token.
 
+    With ``value_encoding`` (issue 16), numbers reach the embedding by value and unit instead of as
+    digit strings: each prompt is read back (the tokenizer is part of the config), its numbers are
+    masked to ``#`` before the transformer, and the parameter-free code of
+    :mod:`unisyn_v2.metadata.value_code` is appended to the (unit-normalised) transformer embedding.
+    The output then has ``output_dim = embed_dim + value_code_size`` entries, and prompts differing in
+    one parameter are further apart the more that parameter differs, whatever the weights.
+
     Args:
         vocab_size: tokenizer vocabulary size.
         context_length: maximum sequence length L (longer input raises ValueError).
@@ -33,6 +44,8 @@ class MetadataTextEncoder(nn.Module):
         causal: use a causal attention mask.
         pad_token_id: id of the padding token.
         eot_token_id: id of the end-of-text token, or None.
+        value_encoding: ``{"tokenizer": MetadataTokenizer.to_dict(), "centres": K, "weight": w}`` to
+            encode numbers by value (``weight`` scales the value code against the unit text part).
     """
 
     def __init__(
@@ -46,6 +59,7 @@ class MetadataTextEncoder(nn.Module):
         causal: bool = False,
         pad_token_id: int = 0,
         eot_token_id: Optional[int] = None,
+        value_encoding: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         if vocab_size < 2 or context_length < 1 or embed_dim < 1:
@@ -63,6 +77,50 @@ class MetadataTextEncoder(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection.weight, std=width ** -0.5)
+        self.value_encoding: Optional[dict[str, Any]] = None
+        self._value_tokenizer: Optional[MetadataTokenizer] = None
+        self._prepared: dict[tuple[int, ...], tuple[list[int], torch.Tensor]] = {}
+        if value_encoding is not None:
+            self.value_encoding = {"tokenizer": dict(value_encoding["tokenizer"]),
+                                   "centres": int(value_encoding.get("centres", DEFAULT_CENTRES)),
+                                   "weight": float(value_encoding.get("weight", 1.0))}
+            self._value_tokenizer = MetadataTokenizer.from_dict(self.value_encoding["tokenizer"], "value_encoding")
+            if self._value_tokenizer.vocab_size != vocab_size:
+                raise ValueError(f"value_encoding tokenizer has {self._value_tokenizer.vocab_size} ids, the encoder "
+                                 f"vocab_size is {vocab_size}")
+            if self.value_encoding["centres"] < 1 or self.value_encoding["weight"] <= 0:
+                raise ValueError(f"value_encoding needs centres >= 1 and weight > 0, got {self.value_encoding}")
+
+    @property
+    def value_dim(self) -> int:
+        """Length of the appended value code (0 without value encoding)."""
+        return 0 if self.value_encoding is None else value_code_size(self.value_encoding["centres"])
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the prompt embedding: the projection's, plus the value code when numbers are encoded by value."""
+        return self.text_projection.out_features + self.value_dim
+
+    def _prepare_row(self, row: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+        """(ids of the prompt with numbers masked, its value code), cached by the row's ids."""
+        key = tuple(int(i) for i in row[row != self.pad_token_id].tolist())
+        if key not in self._prepared:
+            assert self._value_tokenizer is not None and self.value_encoding is not None
+            prompt = self._value_tokenizer.decode(key)
+            centres = self.value_encoding["centres"]
+            scale = self.value_encoding["weight"] / math.sqrt(centres)  # a present field has norm = weight
+            code = torch.from_numpy(prompt_value_code(prompt, centres)) * scale
+            self._prepared[key] = (self._value_tokenizer.encode(mask_numbers(prompt)), code)
+        return self._prepared[key]
+
+    def _mask_values(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids with numbers masked (same width) and the (B, value_dim) value codes."""
+        rows = [self._prepare_row(row) for row in token_ids.cpu()]
+        masked = torch.full_like(token_ids, self.pad_token_id)
+        for i, (ids, _) in enumerate(rows):
+            masked[i, : len(ids)] = torch.tensor(ids, dtype=token_ids.dtype)
+        codes = torch.stack([code for _, code in rows]).to(token_ids.device)
+        return masked, codes
 
     def find_eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Return (B,) EOT indices: first eot_token_id if set, else the last non-padding token."""
@@ -94,6 +152,10 @@ class MetadataTextEncoder(nn.Module):
         if length > self.context_length:
             raise ValueError(f"sequence length {length} exceeds context_length={self.context_length}; "
                              "shorten the prompt or build the encoder with a longer context")
+        codes = None
+        if self.value_encoding is not None and token_ids.device.type != "meta":
+            token_ids, codes = self._mask_values(token_ids)
+            eot_positions = None  # the masked prompt is shorter: its own EOT counts
         if eot_positions is None:
             eot_positions = self.find_eot_positions(token_ids)
         eot_positions = torch.as_tensor(eot_positions, device=token_ids.device).long()
@@ -102,4 +164,9 @@ class MetadataTextEncoder(nn.Module):
         x = self.token_embedding(token_ids) + self.positional_embedding[:length]
         x = self.ln_final(self.transformer(x, self._attention_mask(token_ids, eot_positions)))
         pooled = x[torch.arange(x.shape[0], device=x.device), eot_positions]
-        return self.text_projection(pooled)
+        text = self.text_projection(pooled)
+        if self.value_encoding is None:
+            return text
+        if codes is None:  # meta device (memory estimates): the shape only
+            codes = torch.zeros(text.shape[0], self.value_dim, device=text.device, dtype=text.dtype)
+        return torch.cat([F.normalize(text, dim=-1), codes.to(text.dtype)], dim=-1)

@@ -37,6 +37,7 @@ from torch import nn
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases
 from unisyn_v2.io_utils import read_json, write_json_atomic
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
+from unisyn_v2.metadata.value_code import value_code_size
 from unisyn_v2.networks.factory import build_neuroclip
 from unisyn_v2.networks.neuroclip import MAX_LOGIT_SCALE, NeuroCLIP
 from unisyn_v2.networks.text_artifact import ARTIFACT_FOLDER_NAME, NEUROCLIP_CONFIGURATION, save_text_encoder_artifact
@@ -160,7 +161,12 @@ class NeuroCLIPTrainer(TrainerBase):
                             "width": t.width, "layers": t.layers, "heads": t.heads, "embed_dim": t.embed_dim,
                             "causal": self.causal_text, "pad_token_id": self.tokenizer.pad_id,
                             "eot_token_id": self.tokenizer.eot_id}
-        self.image_kwargs = self.image_encoder_kwargs(t.embed_dim)
+        embed_dim = t.embed_dim
+        if t.value_encoding:  # numbers by value (issue 16): the image side matches text + value code
+            self.text_kwargs["value_encoding"] = {"tokenizer": self.tokenizer.to_dict(), "centres": t.value_centres,
+                                                  "weight": t.value_weight}
+            embed_dim += value_code_size(t.value_centres)
+        self.image_kwargs = self.image_encoder_kwargs(embed_dim)
         return build_neuroclip(self.image_kwargs, self.text_kwargs, self.init_temperature)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
