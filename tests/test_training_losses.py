@@ -36,14 +36,14 @@ def test_same_source_and_target_prompt_gives_back_the_source_features() -> None:
 
 
 def test_cyclic_loss_composition() -> None:
-    loss = GFMCyclicLoss(lambda_feature=0.1, lambda_synthesis=1.0)
+    loss = GFMCyclicLoss(lambda_feature=0.1, lambda_synthesis=1.0, feature_loss="paper")
     ones, zeros = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
     terms = loss(target_hat=ones * 3, target=ones, source_hat=zeros, source=ones * 0.5,
                  anatomy_source=torch.full((2, 3, 4, 4), 2.0), anatomy_target=torch.full((2, 3, 4, 4), -2.0))
     assert terms.synthesis.item() == pytest.approx(2.0 + 0.5)
     assert terms.feature.item() == pytest.approx(4.0)
     assert terms.total.item() == pytest.approx(0.1 * 4.0 + 1.0 * 2.5)
-    custom = GFMCyclicLoss(0.5, 2.0)(ones, ones, ones, ones, ones, zeros)
+    custom = GFMCyclicLoss(0.5, 2.0, feature_loss="paper")(ones, ones, ones, ones, ones, zeros)
     assert custom.total.item() == pytest.approx(0.5) and custom.synthesis.item() == 0.0
 
 

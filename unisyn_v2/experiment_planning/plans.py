@@ -6,6 +6,8 @@ is copied into every model folder. Loading checks every field and names the file
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,12 @@ from unisyn_v2.io_utils import read_json, write_json_atomic
 
 PLANS_FORMAT_VERSION = 1
 CONFIGURATION_NAMES = ("2.5d", "3d")
+# Sanity limits of a plans file read from disk: far above anything the planner writes (a 3D patch of
+# 160^3, batches of tens), far below what makes training or prediction die with a raw MemoryError.
+MAX_PATCH_EDGE = 2048
+MAX_PATCH_VOXELS = 512**3
+MAX_BATCH_SIZE = 4096
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names that become file or folder names
 
 
 class PlansError(ValueError):
@@ -86,6 +94,9 @@ class TrainingPlan:
     lr_halving_every_fraction: float = 1.0 / 3.0
     lambda_feature: float = 0.1
     lambda_synthesis: float = 1.0
+    # "scale_invariant": L1(f0_s, f0_t) / std of the anatomy features, which scaling alpha cannot shrink;
+    # "paper": UniSyn's plain L1 (satisfiable by inflating every alpha without changing any output)
+    feature_loss: str = "scale_invariant"
     grad_clip: float = 12.0
     foreground_fraction_min: float = 0.25  # patches with less brain than this are under-sampled
 
@@ -152,6 +163,7 @@ class Plans:
         })
         if plans.default_configuration not in plans.configurations:
             raise PlansError(f"{source}.default_configuration: {plans.default_configuration!r} is not among the configurations")
+        _check_values(plans, source)
         return plans
 
 
@@ -190,19 +202,25 @@ def _coerce(value: Any, type_text: str, where: str) -> Any:
     if type_text.startswith("tuple"):
         if not isinstance(value, list):
             raise PlansError(f"{where}: must be a list (got {value!r})")
-        kind = int if "int" in type_text else float if "float" in type_text else str
-        try:
-            return tuple(kind(v) for v in value)
-        except (TypeError, ValueError):
-            raise PlansError(f"{where}: entries must be {kind.__name__} (got {value!r})") from None
+        length = None if "..." in type_text else type_text.count(",") + 1
+        if length is not None and len(value) != length:
+            raise PlansError(f"{where}: must have {length} entries (got {len(value)}: {value!r})")
+        kind = "int" if "int" in type_text else "float" if "float" in type_text else "str"
+        return tuple(_coerce(v, kind, f"{where}[{i}]") for i, v in enumerate(value))
     if type_text.startswith("int"):
+        if isinstance(value, float) and value.is_integer():  # 16.0 written by another tool
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise PlansError(f"{where}: must be an integer (got {value!r})")
         return value
     if type_text.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PlansError(f"{where}: must be a number (got {value!r})")
+        if not math.isfinite(value):
+            raise PlansError(f"{where}: must be a finite number (got {value!r})")
         return float(value)
+    if type_text.startswith("bool") and not isinstance(value, bool):
+        raise PlansError(f"{where}: must be true or false (got {value!r})")
     if type_text.startswith("str"):
         if not isinstance(value, str):
             raise PlansError(f"{where}: must be a string (got {value!r})")
@@ -210,6 +228,84 @@ def _coerce(value: Any, type_text: str, where: str) -> Any:
     if type_text.startswith("dict") and not isinstance(value, dict):
         raise PlansError(f"{where}: must be a JSON object (got {value!r})")
     return value
+
+
+def _check_values(plans: Plans, source: str) -> None:
+    """Ranges of the numbers and names: an absurd plans file is refused here, naming the file and field,
+    instead of failing later with a MemoryError or writing outside its folder."""
+    def fail(where: str, message: str) -> None:
+        raise PlansError(f"{source}.{where}: {message}; fix the file or re-plan the dataset (unisyn_plan_and_preprocess)")
+
+    def at_least(where: str, value: float, low: float, high: float | None = None) -> None:
+        if value < low or (high is not None and value > high):
+            fail(where, f"{value!r} is out of range (must be {'>= ' + str(low) if high is None else f'in [{low}, {high}]'})")
+
+    def positive(where: str, value: float) -> None:
+        if not value > 0:
+            fail(where, f"must be positive (got {value!r})")
+
+    def patch(where: str, size: tuple[int, ...]) -> None:
+        voxels = math.prod(size)
+        if min(size) < 1 or max(size) > MAX_PATCH_EDGE or voxels > MAX_PATCH_VOXELS:
+            fail(where, f"{list(size)} is not a usable patch size ({voxels:.3g} voxels; each edge must be 1-"
+                        f"{MAX_PATCH_EDGE} and a patch at most {MAX_PATCH_VOXELS:.3g} voxels)")
+
+    for name in ("plans_name", "dataset_name"):
+        if not PLAIN_NAME.fullmatch(getattr(plans, name)):
+            fail(name, f"{getattr(plans, name)!r} must be a plain name (letters, digits, _ . + -): it names files and folders")
+    for index, value in enumerate(plans.target_spacing_zyx):
+        positive(f"target_spacing_zyx[{index}]", value)
+    if plans.gpu_memory_gb is not None:
+        positive("gpu_memory_gb", plans.gpu_memory_gb)
+    for modality, plan in plans.normalization.items():
+        _check_finite(plan.kwargs, f"normalization.{modality}.kwargs", fail)
+    for key, config in plans.configurations.items():
+        where = f"configurations.{key}"
+        if config.name != key:
+            fail(f"{where}.name", f"{config.name!r} differs from its key {key!r}")
+        if not PLAIN_NAME.fullmatch(config.data_identifier):
+            fail(f"{where}.data_identifier", f"{config.data_identifier!r} must be a plain folder name (letters, digits, "
+                                             "_ . + -), it is a folder inside the preprocessed dataset")
+        patch(f"{where}.patch_size", config.patch_size)
+        at_least(f"{where}.batch_size", config.batch_size, 1, MAX_BATCH_SIZE)
+        for index, value in enumerate(config.spacing_zyx):
+            positive(f"{where}.spacing_zyx[{index}]", value)
+        for index, value in enumerate(config.median_shape_zyx):
+            at_least(f"{where}.median_shape_zyx[{index}]", value, 1)
+        at_least(f"{where}.estimated_memory_gb", config.estimated_memory_gb, 0)
+    for name in ("context_length", "width", "layers", "heads", "embed_dim"):
+        at_least(f"text_encoder.{name}", getattr(plans.text_encoder, name), 1, 1_000_000)
+    clip = plans.neuroclip
+    patch("neuroclip.image_size", clip.image_size)
+    at_least("neuroclip.downsample", clip.downsample, 1, 64)
+    for index, width in enumerate(clip.image_widths):
+        at_least(f"neuroclip.image_widths[{index}]", width, 1, 1_000_000)
+    at_least("neuroclip.num_epochs", clip.num_epochs, 0)
+    at_least("neuroclip.iterations_per_epoch", clip.iterations_per_epoch, 1)
+    positive("neuroclip.initial_lr", clip.initial_lr)
+    at_least("neuroclip.max_batch_classes", clip.max_batch_classes, 1)
+    training = plans.training
+    at_least("training.num_epochs", training.num_epochs, 0)
+    at_least("training.iterations_per_epoch", training.iterations_per_epoch, 1)
+    at_least("training.validation_iterations", training.validation_iterations, 0)
+    positive("training.initial_lr", training.initial_lr)
+    positive("training.lr_halving_every_fraction", training.lr_halving_every_fraction)
+    at_least("training.lambda_feature", training.lambda_feature, 0)
+    at_least("training.lambda_synthesis", training.lambda_synthesis, 0)
+    positive("training.grad_clip", training.grad_clip)
+    at_least("training.foreground_fraction_min", training.foreground_fraction_min, 0, 1)
+
+
+def _check_finite(value: Any, where: str, fail: Any) -> None:
+    """Every number inside a JSON value is finite (NaN and Infinity parse as JSON in Python)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(where, f"must be a finite number (got {value!r})")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}", fail)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{where}[{index}]", fail)
 
 
 def _jsonify(value: Any) -> Any:

@@ -23,7 +23,7 @@ class GFMTrainer(SynthesisTrainer):
 
     def build_losses(self) -> None:
         training = self.plans.training
-        self.cyclic_loss = GFMCyclicLoss(training.lambda_feature, training.lambda_synthesis)
+        self.cyclic_loss = GFMCyclicLoss(training.lambda_feature, training.lambda_synthesis, training.feature_loss)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """Source -> target and target -> source through the shared anatomy features."""

@@ -45,23 +45,48 @@ class CyclicLossTerms:
     synthesis: torch.Tensor
 
 
+FEATURE_LOSSES = ("scale_invariant", "paper")
+
+
+def scale_invariant_l1(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``L1(a, b) / std([a, b])``: unchanged when both are scaled or shifted by the same amount.
+
+    The GFM's anatomy is f0 = (f - beta) / alpha; multiplying every alpha by c divides f0 by c and
+    leaves every synthesis unchanged (alpha_t f0 + beta_t is the same), so the paper's plain L1 can be
+    cut c-fold without learning anything (issue 16 measured L_f 0.357 -> 0.036 at c = 10). Measured
+    against the features' own spread, the distance has no such shortcut. The std is not detached, so
+    the loss cannot be lowered by spreading the features apart either without bringing the pair closer.
+    """
+    a, b = a.float(), b.float()
+    spread = torch.cat([a.flatten(), b.flatten()]).std()
+    return (a - b).abs().mean() / (spread + eps)
+
+
 class GFMCyclicLoss(torch.nn.Module):
-    """``lambda_f * L1(f0_s, f0_t) + lambda_s * (L1(t_hat, t) + L1(s_hat, s))``.
+    """``lambda_f * L_f(f0_s, f0_t) + lambda_s * (L1(t_hat, t) + L1(s_hat, s))``.
 
     Args:
         lambda_feature: weight of the anatomy-consistency term (UniSyn: 0.1).
         lambda_synthesis: weight of the synthesis term (UniSyn: 1.0).
+        feature_loss: ``scale_invariant`` (default, :func:`scale_invariant_l1`) or ``paper`` (plain L1).
     """
 
-    def __init__(self, lambda_feature: float = 0.1, lambda_synthesis: float = 1.0) -> None:
+    def __init__(self, lambda_feature: float = 0.1, lambda_synthesis: float = 1.0,
+                 feature_loss: str = "scale_invariant") -> None:
         super().__init__()
+        if feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"feature_loss must be one of {', '.join(FEATURE_LOSSES)}, got {feature_loss!r}")
         self.lambda_feature = float(lambda_feature)
         self.lambda_synthesis = float(lambda_synthesis)
+        self.feature_loss = feature_loss
 
     def forward(self, target_hat: torch.Tensor, target: torch.Tensor, source_hat: torch.Tensor,
                 source: torch.Tensor, anatomy_source: torch.Tensor, anatomy_target: torch.Tensor,
                 weight: torch.Tensor | None = None) -> CyclicLossTerms:
-        feature = F.l1_loss(anatomy_source.float(), anatomy_target.float())
+        if self.feature_loss == "paper":
+            feature = F.l1_loss(anatomy_source.float(), anatomy_target.float())
+        else:
+            feature = scale_invariant_l1(anatomy_source, anatomy_target)
         synthesis = weighted_l1(target_hat, target, weight) + weighted_l1(source_hat, source, weight)
         total = self.lambda_feature * feature + self.lambda_synthesis * synthesis
         return CyclicLossTerms(total, feature, synthesis)
