@@ -54,6 +54,9 @@ def test_scale_invariant_l1_ignores_a_common_scale_and_shift_but_sees_difference
     a, b = torch.randn(4, 8, 5, 5), torch.randn(4, 8, 5, 5)
     base = scale_invariant_l1(a, b)
     assert float(scale_invariant_l1(3.0 * a + 7.0, 3.0 * b + 7.0)) == pytest.approx(float(base), rel=1e-4)
+    per_channel = torch.linspace(0.5, 8.0, 8)[None, :, None, None]  # what one channel's alpha can do alone
+    shift = torch.linspace(-3.0, 3.0, 8)[None, :, None, None]
+    assert float(scale_invariant_l1(a * per_channel + shift, b * per_channel + shift)) == pytest.approx(float(base), rel=5e-3)
     assert float(scale_invariant_l1(a, a)) == 0.0
     assert float(scale_invariant_l1(a, a + 0.1 * b)) < float(base)
 
@@ -61,3 +64,11 @@ def test_scale_invariant_l1_ignores_a_common_scale_and_shift_but_sees_difference
 def test_unknown_feature_loss_is_refused() -> None:
     with pytest.raises(ValueError, match="feature_loss"):
         GFMCyclicLoss(feature_loss="l2")
+
+
+def test_scale_invariant_gradients_pull_the_anatomies_together() -> None:
+    torch.manual_seed(3)
+    a = torch.randn(2, 4, 6, 6, requires_grad=True)
+    b = (a.detach() + 0.5 * torch.randn(2, 4, 6, 6)).requires_grad_(True)
+    scale_invariant_l1(a, b).backward()
+    assert float((a.grad * (b - a).detach()).sum()) < 0 and float((b.grad * (a - b).detach()).sum()) < 0
