@@ -7,15 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unisyn_v2.networks.conv_ops import broadcast_to_spatial, conv_class
+from unisyn_v2.networks.conv_ops import broadcast_to_spatial
 from unisyn_v2.networks.outputs import SynthesisOutput
+from unisyn_v2.networks.refinement import ChannelLayerNorm, GatedConvFeedForward
 
-
-class ChannelLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the channels of every location of a (B, C, *spatial) map (TUMSyn's ``LayerNorm``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+__all__ = ["ChannelLayerNorm", "CrossAttnSynthesisNetwork", "GatedConvFeedForward", "TextQueryChannelAttention"]
 
 
 class TextQueryChannelAttention(nn.Module):
@@ -47,23 +43,6 @@ class TextQueryChannelAttention(nn.Module):
         return self.projection((weights @ value).reshape(batch, channels))
 
 
-class GatedConvFeedForward(nn.Module):
-    """Restormer's gated depthwise-conv feed-forward (TUMSyn's ``Mlp``): 1x1 up, depthwise 3x3, GELU gate,
-    1x1 down; the only spatial mixing in the fusion block."""
-
-    def __init__(self, channels: int, dims: int, ratio: float = 4.0) -> None:
-        super().__init__()
-        hidden = 2 * max(1, int(channels * ratio) // 2)
-        conv = conv_class(dims)
-        self.project_in = conv(channels, hidden, kernel_size=1, bias=False)
-        self.depthwise = conv(hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=False)
-        self.project_out = conv(hidden // 2, channels, kernel_size=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.depthwise(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(gate) * value)
-
-
 class CrossAttnSynthesisNetwork(nn.Module):
     """Encoder features fused with the target prompt by TUMSyn's cross-attention block, then decoded pointwise.
 
@@ -83,18 +62,24 @@ class CrossAttnSynthesisNetwork(nn.Module):
         num_heads: attention heads (must divide feature_dim).
         decoder: features -> image.
         dims: 2 (2.5D) or 3, for the feed-forward's depthwise convolution.
+        refinement_block: keep TUMSyn's LayerNorm + feed-forward after the gate (default). Without it the
+            fusion is the gate alone, ``f_s * g``: the backbone of the plain GFM, so the ablation
+            ``gfm`` vs ``crossattn_plain`` swaps the fusion and nothing else (``gfm_block`` vs ``crossattn``
+            is the same comparison on TUMSyn's backbone).
     """
 
     def __init__(self, encoder: nn.Module, text_dim: int, feature_dim: int, num_heads: int, decoder: nn.Module,
-                 dims: int = 2) -> None:
+                 dims: int = 2, refinement_block: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
         self.text_adapter = nn.Sequential(nn.Linear(text_dim, feature_dim), nn.ReLU(),
                                           nn.Linear(feature_dim, feature_dim))
         self.attention = TextQueryChannelAttention(feature_dim, num_heads)
-        self.gate_norm = ChannelLayerNorm(feature_dim)
-        self.feed_forward = GatedConvFeedForward(feature_dim, dims)
-        self.output_norm = ChannelLayerNorm(feature_dim)
+        self.refinement_block = bool(refinement_block)
+        if self.refinement_block:  # attribute names kept flat: checkpoints of earlier versions still load
+            self.gate_norm = ChannelLayerNorm(feature_dim)
+            self.feed_forward = GatedConvFeedForward(feature_dim, dims)
+            self.output_norm = ChannelLayerNorm(feature_dim)
         self.decoder = decoder
 
     def channel_gate(self, features: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
@@ -102,8 +87,10 @@ class CrossAttnSynthesisNetwork(nn.Module):
         return self.attention(features, self.text_adapter(target_text))
 
     def fuse(self, features: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
-        """``LN(x + FFN(x))`` with ``x = LN(f_s * gate)``."""
+        """``LN(x + FFN(x))`` with ``x = LN(f_s * gate)`` (``f_s * gate`` without the refinement block)."""
         gate = broadcast_to_spatial(self.channel_gate(features, target_text), features.ndim)
+        if not self.refinement_block:
+            return features * gate
         x = self.gate_norm(features * gate)
         return self.output_norm(x + self.feed_forward(x))
 

@@ -14,6 +14,7 @@ from unisyn_v2.networks.decoders import PointwiseMLPDecoder
 from unisyn_v2.networks.gfm import GFMNetwork
 from unisyn_v2.networks.neuroclip import NeuroCLIP
 from unisyn_v2.networks.prompt_affine import PromptAffine
+from unisyn_v2.networks.refinement import RefinementBlock
 from unisyn_v2.networks.residual_encoder import ResidualImageEncoder
 from unisyn_v2.networks.text_encoder import MetadataTextEncoder
 from unisyn_v2.networks.unet_baseline import build_unet_baseline
@@ -26,12 +27,13 @@ PAPER_DECODER_HIDDEN = (2048, 1024, 1024)
 def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
                feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
                alpha_min: float = 0.05, encoder_dilations: Optional[Sequence[int]] = None,
-               encoder_input_skip: bool = False) -> GFMNetwork:
+               encoder_input_skip: bool = False, refinement_block: bool = False) -> GFMNetwork:
     return GFMNetwork(
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),
         affine=PromptAffine(text_dim, feature_dim, alpha_min=alpha_min),
         decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
+        refinement=RefinementBlock(feature_dim, dims) if refinement_block else None,
     )
 
 
@@ -39,12 +41,13 @@ def _build_crossattn(*, dims: int, in_channels: int, out_channels: int, encoder_
                      feature_dim: int, text_dim: int, num_heads: int,
                      decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
                      encoder_dilations: Optional[Sequence[int]] = None,
-                     encoder_input_skip: bool = False) -> CrossAttnSynthesisNetwork:
+                     encoder_input_skip: bool = False, refinement_block: bool = True) -> CrossAttnSynthesisNetwork:
     return CrossAttnSynthesisNetwork(
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),
         text_dim=text_dim, feature_dim=feature_dim, num_heads=num_heads,
         decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims), dims=dims,
+        refinement_block=refinement_block,
     )
 
 

@@ -19,12 +19,17 @@ class GFMNetwork(nn.Module):
         encoder: image -> features (B, feature_dim, *spatial), e.g. ResidualImageEncoder.
         affine: prompt embedding -> (alpha, beta), e.g. PromptAffine.
         decoder: features -> image, e.g. PointwiseMLPDecoder.
+        refinement: optional module between the restyled features and the decoder (TUMSyn's
+            LayerNorm + feed-forward block, :class:`~unisyn_v2.networks.refinement.RefinementBlock`), for
+            the ablation that gives the GFM the cross-attention baseline's backbone. The paper's GFM has none.
     """
 
-    def __init__(self, encoder: nn.Module, affine: PromptAffine, decoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, affine: PromptAffine, decoder: nn.Module,
+                 refinement: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.affine = affine
+        self.refinement = refinement
         self.decoder = decoder
 
     def encode_anatomy(self, source: torch.Tensor, source_text: torch.Tensor) -> torch.Tensor:
@@ -35,7 +40,8 @@ class GFMNetwork(nn.Module):
     def decode(self, anatomy: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
         """Restyle f_0 with the target prompt and decode it to an image."""
         alpha_t, beta_t = self.affine(target_text)
-        return self.decoder(restyle(anatomy, alpha_t, beta_t))
+        restyled = restyle(anatomy, alpha_t, beta_t)
+        return self.decoder(restyled if self.refinement is None else self.refinement(restyled))
 
     def forward(self, source: torch.Tensor, source_text: torch.Tensor, target_text: torch.Tensor) -> SynthesisOutput:
         """Synthesise the target from (B, C, *spatial) source and (B, text_dim) source/target embeddings."""

@@ -55,6 +55,7 @@ class SynthesisTrainer(TrainerBase):
     conditioning: ClassVar[str] = "text"  # text | onehot | none
     both_directions: ClassVar[bool] = True
     single_task: ClassVar[bool] = False
+    network_overrides: ClassVar[dict[str, Any]] = {}  # network kwargs a variant fixes over the plans' (ablations)
     # L1 weight outside the brain mask (1.0: the paper's plain L1). Each step down has helped so far: at 0.1
     # a model painted an old subject's large ventricles as air (0.03 fixed that); 0.01
     # rather than 0.03 gave +0.26 dB (GFM) and +0.13 dB (CrossAttn) mean over the demo phantom's 20
@@ -159,7 +160,7 @@ class SynthesisTrainer(TrainerBase):
         """``{"kind", "kwargs"}`` of the network, kwargs from the plans with text_dim from the conditioner."""
         if self.network_kind == "unet":
             return {"kind": "unet", "kwargs": dict(self.config.unet_kwargs)}
-        kwargs = dict(self.config.network_kwargs)
+        kwargs = {**self.config.network_kwargs, **self.network_overrides}
         if self.conditioner is not None:
             kwargs["text_dim"] = int(self.conditioner.text_dim)
         if self.network_kind == "crossattn" and "num_heads" not in kwargs:

@@ -6,13 +6,18 @@
   same number of syntheses per iteration as the GFM).
 - :class:`OneHotGFMTrainer` (``onehot``): the GFM with modality one-hot codes instead of NeuroCLIP
   (TUMSyn's one-hot model); needs no stage 1.
+- :class:`GFMBlockTrainer` (``gfm_block``) and :class:`CrossAttnPlainTrainer` (``crossattn_plain``): the
+  controlled ablation of UniSyn's Table 2. ``crossattn`` carries TUMSyn's LayerNorm + feed-forward block
+  after its fusion, which the paper's GFM lacks, so ``gfm`` vs ``crossattn`` mixes fusion and backbone.
+  ``gfm`` vs ``crossattn_plain`` (no block on either) and ``gfm_block`` vs ``crossattn`` (the block on
+  both) each swap the fusion (prompt arithmetic vs cross-attention gate) and nothing else.
 - :class:`GFMTaskTrainer` (``gfm_task``): a task-specific GFM, one ``--tasks SRC->TGT`` pair.
 - :class:`UNetBaselineTrainer` (``unet``): nnU-Net's plain regression U-Net, no text, one task.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from unisyn_v2.training.gfm_trainer import GFMTrainer
 from unisyn_v2.training.synthesis_trainer import SynthesisTrainer
@@ -24,6 +29,20 @@ class CrossAttnBaselineTrainer(SynthesisTrainer):
     short_name: ClassVar[str | None] = "crossattn"
     network_kind: ClassVar[str] = "crossattn"
     conditioning: ClassVar[str] = "text"
+
+
+class CrossAttnPlainTrainer(CrossAttnBaselineTrainer):
+    """Cross-attention gate alone (``f_s * g``), on the plain GFM's backbone (ablation)."""
+
+    short_name: ClassVar[str | None] = "crossattn_plain"
+    network_overrides: ClassVar[dict[str, Any]] = {"refinement_block": False}
+
+
+class GFMBlockTrainer(GFMTrainer):
+    """The GFM with TUMSyn's refinement block after the restyling, on the cross-attention backbone (ablation)."""
+
+    short_name: ClassVar[str | None] = "gfm_block"
+    network_overrides: ClassVar[dict[str, Any]] = {"refinement_block": True}
 
 
 class OneHotGFMTrainer(GFMTrainer):
