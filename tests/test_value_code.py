@@ -139,3 +139,14 @@ def test_meta_device_gives_the_output_shape() -> None:
         encoder = _encoder(tokenizer)
         out = encoder(torch.ones(2, 32, dtype=torch.long))
     assert out.shape == (2, encoder.output_dim)
+
+
+def test_typical_protocol_is_a_real_protocol_of_the_usual_sequence() -> None:
+    from unisyn_v2.metadata.typical import typical_protocol
+
+    mprage = [{"repetition_time": 2300.0, "echo_time": 2.5, "inversion_time": ti, "flip_angle": 9.0, "manufacturer": "GE"}
+              for ti in (500.0, 800.0, 900.0, 1000.0, 1400.0)]
+    gre = [{"repetition_time": 20.0, "echo_time": 4.0, "flip_angle": fa} for fa in (10.0, 30.0)]
+    chosen = typical_protocol(gre + mprage)
+    assert chosen == mprage[2]  # the MPRAGE (the usual sequence) nearest the median TI, never a GRE/MPRAGE mix
+    assert typical_protocol([{"kvp": 120.0}]) == {"kvp": 120.0}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +23,7 @@ from torch import nn
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases, make_splits, validate_splits
 from unisyn_v2.io_utils import read_json, write_json_atomic
+from unisyn_v2.metadata.typical import typical_protocol
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.factory import build_synthesis_network
 from unisyn_v2.networks.slice_adapter import SlicesAsChannels
@@ -181,16 +181,15 @@ class SynthesisTrainer(TrainerBase):
         return self.build_network_from_plans(self.plans, self.configuration, {"network": self.network_info()})
 
     def typical_metadata(self) -> dict[str, dict[str, Any]]:
-        """The most frequent metadata of each modality among the training cases (computed once)."""
+        """The typical protocol of each modality among the training cases (medoid, computed once)."""
         if self._typical_metadata is not None:
             return self._typical_metadata
-        counts: dict[str, Counter[str]] = {}
+        protocols: dict[str, list[dict[str, Any]]] = {}
         cases = CaseCollection(self.data_folder, self.train_cases)
         for info in cases.cases.values():
             for description in info.descriptions:
-                text = json.dumps(description.metadata.to_dict(), sort_keys=True)
-                counts.setdefault(description.modality, Counter())[text] += 1
-        self._typical_metadata = {m: json.loads(c.most_common(1)[0][0]) for m, c in sorted(counts.items())}
+                protocols.setdefault(description.modality, []).append(description.metadata.to_dict())
+        self._typical_metadata = {m: typical_protocol(p) for m, p in sorted(protocols.items())}
         return self._typical_metadata
 
     def trainer_info(self) -> dict[str, Any]:
