@@ -236,6 +236,37 @@ class JsonFullDisk:
         return getattr(json, name)
 
 
+class SitkShortWrite:
+    """Stands in for SimpleITK inside image_io: after ``ok_calls`` whole images WriteImage stops short on a full
+    disk *without raising* (what SimpleITK did with 40 kB free): a cut gzip stream that still reads, as zeros."""
+
+    def __init__(self, ok_calls: int) -> None:
+        self.calls = 0
+        self.ok_calls = ok_calls
+
+    def WriteImage(self, image: Any, path: str, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - SimpleITK's name
+        sitk.WriteImage(image, path, *args, **kwargs)
+        self.calls += 1
+        if self.calls > self.ok_calls:
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 3])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sitk, name)
+
+
+class NumpyFullDisk:
+    """Stands in for numpy inside case_store: save stops with numpy's errno-less short write on a full disk."""
+
+    @staticmethod
+    def save(file: Any, arr: Any, *args: Any, **kwargs: Any) -> None:
+        file.write(b"\x93NUMPY" + b"\0" * 100)
+        raise OSError(f"{np.asarray(arr).nbytes} requested and 11232 written")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
 # --------------------------------------------------------------- model zips
 def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
     """A zip holding ``entries`` (name -> bytes)."""

@@ -7,15 +7,19 @@ byte-identical and leave no temp or half-written files. Corpus generators live i
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from broken_inputs import (
-    ID_CASES, RAW_CASES, T1, JsonFullDisk, SitkFullDisk, assert_clean_error, damage_member, files_under, temp_files,
-    tree_digest, write_zip,
+    ID_CASES, RAW_CASES, T1, JsonFullDisk, NumpyFullDisk, SitkFullDisk, SitkShortWrite, assert_clean_error, damage_member,
+    files_under, temp_files, tree_digest, write_zip,
 )
 from raw_fixtures import write_blob_dataset
 from test_predictor_support import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
@@ -29,6 +33,7 @@ from unisyn_v2.cli.plan_and_preprocess import plan_and_preprocess_main, verify_m
 from unisyn_v2.dataset import image_io
 from unisyn_v2.inference import predictor as predictor_module
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
+from unisyn_v2.preprocessing import case_store
 
 GFM, CROSS = "GFMTrainer__unisynPlans__2.5d", "CrossAttnBaselineTrainer__unisynPlans__2.5d"
 
@@ -199,6 +204,123 @@ def test_disk_full_while_overwriting_keeps_previous_outputs(stand_in: dict[str, 
             rc, err = _run(predict_cli.main, _predict_args(stand_in) + ["--overwrite"], capsys)
         assert_clean_error(rc, err, ("cannot write", "sub-00_FDG-PET", "free some disk space"))
         assert tree_digest(stand_in["out"]) == previous and temp_files(stand_in["root"]) == []
+
+
+# ------------------------------- issue 18 (part B): outputs known complete, inputs never written over
+def test_silent_short_image_write_is_an_error(stand_in: dict[str, Path], monkeypatch, capsys) -> None:
+    """SimpleITK cuts the second image short on a full disk *without raising*: an error naming the file, not rc 0."""
+    monkeypatch.setattr(image_io, "sitk", SitkShortWrite(ok_calls=1))
+    rc, err = _run(predict_cli.main, _predict_args(stand_in), capsys)
+    assert_clean_error(rc, err, ("cannot write", "/sub-01_FDG-PET.nii.gz", "incomplete", "free some disk space"))
+    assert "wrote " + str(stand_in["out"] / "sub-01") not in err
+    assert sorted(p.name for p in files_under(stand_in["out"])) == ["sub-00_FDG-PET.json", "sub-00_FDG-PET.nii.gz"]
+    assert temp_files(stand_in["root"]) == []
+
+
+def test_continue_prediction_redoes_an_image_cut_short_behind_its_sidecar(stand_in: dict[str, Path], capsys) -> None:
+    """The disk-full run of issue 18 left a cut image and a whole sidecar: --continue_prediction predicts it again."""
+    assert _run(predict_cli.main, _predict_args(stand_in), capsys)[0] == 0
+    image = stand_in["out"] / "sub-01_FDG-PET.nii.gz"
+    whole = image_io.read_image(image)[0]
+    image.write_bytes(image.read_bytes()[:-20])  # the gzip trailer and some data lost; nibabel/SimpleITK still read it
+    untouched = (stand_in["out"] / "sub-00_FDG-PET.nii.gz").stat().st_mtime_ns
+    rc, err = _run(predict_cli.main, _predict_args(stand_in) + ["--continue_prediction"], capsys)
+    assert rc == 0, err
+    assert "predicting case sub-01 again" in err and "skipping 1 finished case(s): sub-00" in err
+    np.testing.assert_array_equal(image_io.read_image(image)[0], whole)
+    assert (stand_in["out"] / "sub-00_FDG-PET.nii.gz").stat().st_mtime_ns == untouched
+
+
+def test_disk_full_while_preprocessing_names_the_file(blob: Path, unisyn_dirs: dict[str, Path], monkeypatch, capsys) -> None:
+    """numpy's errno-less '69600 requested and 11232 written' becomes a disk-full error naming the array file."""
+    monkeypatch.setattr(case_store, "np", NumpyFullDisk())
+    rc, err = _run(plan_and_preprocess_main, ["-d", "1", "-np", "1", "--no_pbar", "-pl", "cpu"], capsys)
+    line = assert_clean_error(rc, err, ("cannot write", "unisynPlans_data/case_00", ".npy", "No space left", "disk full",
+                                        "needs about", "free some disk space"))
+    assert "requested and" not in line.split("(")[0]
+    assert temp_files(unisyn_dirs["preprocessed"]) == []
+
+
+def test_read_only_output_folder_fails_before_predicting(stand_in: dict[str, Path], monkeypatch, capsys) -> None:
+    out = stand_in["out"]
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes into a 0555 folder: refuse creating files there as a read-only mount would
+        real = io_utils.tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's name
+            if dir is not None and Path(dir) == out:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real(*args, dir=dir, **kwargs)
+        monkeypatch.setattr(io_utils.tempfile, "mkstemp", mkstemp)
+    else:
+        out.chmod(0o555)
+    predicted = []
+    real_predict = predictor_module.UniSynPredictor.predict_image
+    monkeypatch.setattr(predictor_module.UniSynPredictor, "predict_image",
+                        lambda self, *a, **k: predicted.append(1) or real_predict(self, *a, **k))
+    try:
+        rc, err = _run(predict_cli.main, _predict_args(stand_in), capsys)
+    finally:
+        out.chmod(0o755)
+    assert_clean_error(rc, err, ("output folder", str(out), "is not writable", "choose another folder"))
+    assert predicted == [] and files_under(out) == []
+
+
+def _link_output_folder(p: dict[str, Path]) -> Path:
+    p["out"].symlink_to(p["in"], target_is_directory=True)
+    return p["out"]
+
+
+def _output_links_to_input(link: str) -> Callable[[dict[str, Path]], Path]:
+    def prepare(p: dict[str, Path]) -> Path:
+        p["out"].mkdir()
+        getattr(os, link)(p["in"] / "sub-00_T1w.nii.gz", p["out"] / "sub-00_FDG-PET.nii.gz")
+        return p["out"]
+    return prepare
+
+
+def _uncompressed_target_input(p: dict[str, Path]) -> Path:
+    write_case_image(p["in"] / "sub-00_FDG-PET.nii", head_phantom((12, 16, 16), 0.0, 5.0, 2.0))
+    return p["in"]
+
+
+def _in_out(make: Callable[[Path], Any]) -> Callable[[dict[str, Path]], Path]:
+    def prepare(p: dict[str, Path]) -> Path:
+        p["out"].mkdir()
+        make(p["out"])
+        return p["out"]
+    return prepare
+
+
+INPUT = ("would overwrite the input image", "sub-00_T1w.nii.gz", "(case sub-00)", "choose another output folder")
+OUTPUT_CASES = {  # name: (prepare the folders and return -o, --target, extra arguments, expected)
+    "output_folder_is_the_input_folder_with_overwrite": (lambda p: p["in"], "T1w", ["--overwrite"], INPUT),
+    "output_folder_is_the_input_folder": (lambda p: p["in"], "T1w", [], INPUT),
+    "output_folder_is_a_symlink_to_the_input_folder": (_link_output_folder, "T1w", ["--overwrite"], INPUT),
+    "output_image_is_a_symlink_to_an_input": (_output_links_to_input("symlink"), "FDG-PET", ["--overwrite"], INPUT),
+    "output_image_is_a_hard_link_to_an_input": (_output_links_to_input("link"), "FDG-PET", ["--overwrite"], INPUT),
+    "output_sidecar_is_an_inputs_bids_sidecar": (_uncompressed_target_input, "FDG-PET", ["--overwrite"],
+                                                 ("output sidecar", "sub-00_FDG-PET.json", "sub-00_FDG-PET.nii", "BIDS sidecar")),
+    "output_sidecar_path_is_a_folder": (_in_out(lambda out: (out / "sub-00_FDG-PET.json").mkdir()), "FDG-PET", ["--overwrite"],
+                                        ("sub-00_FDG-PET.json is a folder, not a file", "choose another output folder")),
+    "output_image_is_a_dangling_symlink": (_in_out(lambda out: (out / "sub-00_FDG-PET.nii.gz").symlink_to(out / "gone.nii.gz")),
+                                           "FDG-PET", [], ("predictions already exist", "sub-00_FDG-PET.nii.gz", "--overwrite")),
+    "output_image_is_a_symlink_to_a_folder": (_in_out(lambda out: (out / "sub-00_FDG-PET.nii.gz").symlink_to(out.parent / "in")),
+                                              "FDG-PET", ["--continue_prediction"], ("sub-00_FDG-PET.nii.gz is a folder, not a file",)),
+}
+
+
+@pytest.mark.parametrize("name", list(OUTPUT_CASES))
+def test_output_path_hostile(name: str, stand_in: dict[str, Path], capsys) -> None:
+    """Outputs never replace an input (image, link to it, its BIDS sidecar) or a folder; nothing anywhere changes."""
+    prepare, target, extra, expected = OUTPUT_CASES[name]
+    out = prepare(stand_in)
+    before = tree_digest(stand_in["root"])
+    rc, err = _run(predict_cli.main, _predict_args(stand_in, target, output=out) + extra, capsys)
+    line = assert_clean_error(rc, err, expected)
+    if expected is INPUT:
+        assert "prediction" not in line  # the user's input is not called a prediction
+    assert tree_digest(stand_in["root"]) == before and temp_files(stand_in["root"]) == []
 
 
 # ------------------------------------------- real (untrained) tiny models: train and predict

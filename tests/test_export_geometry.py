@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from unisyn_v2.dataset.image_io import read_geometry, read_image
-from unisyn_v2.inference.export import select_cases_to_run, OutputExistsError
+from unisyn_v2.inference.export import OutputExistsError, image_record, select_cases_to_run
 from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 
 from test_predictor_support import (
@@ -99,12 +99,14 @@ def test_fold_ensemble_averages(tmp_path: Path) -> None:
 def test_existing_outputs_policy(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / "a_CT.nii.gz").write_bytes(b"x")
-    (out / "a_CT.json").write_text("{}")
+    write_case_image(out / "a_CT.nii.gz", np.zeros((4, 5, 6), np.float32))
+    (out / "a_CT.json").write_text(json.dumps({"image": image_record(out / "a_CT.nii.gz")}))
     (out / "b_CT.nii.gz").write_bytes(b"x")  # unfinished: no sidecar
+    (out / "d_CT.nii.gz").write_bytes(b"x")  # a sidecar, but no whole image: a disk filled up while writing it
+    (out / "d_CT.json").write_text("{}")
     with pytest.raises(OutputExistsError, match="--continue_prediction"):
         select_cases_to_run(["a", "b", "c"], out, "CT")
-    assert select_cases_to_run(["a", "b", "c"], out, "CT", continue_prediction=True) == ["b", "c"]
+    assert select_cases_to_run(["a", "b", "c", "d"], out, "CT", continue_prediction=True) == ["b", "c", "d"]
     assert select_cases_to_run(["a", "b", "c"], out, "CT", overwrite=True) == ["a", "b", "c"]
     with pytest.raises(ValueError, match="exclude"):
         select_cases_to_run(["a"], out, "CT", continue_prediction=True, overwrite=True)

@@ -10,7 +10,6 @@ import errno
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from unisyn_v2.io_utils import ensure_folder, temp_prefix, write_failure
+from unisyn_v2.io_utils import IncompleteWriteError, commit_file, stage_file
 
 READABLE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
@@ -202,8 +201,13 @@ def count_nonfinite_voxels(path: Path) -> int:
     return int(array.size - np.isfinite(array).sum())
 
 
-def write_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type = np.float32) -> Path:
-    """Write an array with the given geometry atomically (temp file in the same folder, then rename)."""
+def stage_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type = np.float32) -> Path:
+    """Write an image to a temp file beside ``path``, fsynced and checked complete; returns the temp file.
+
+    SimpleITK can stop short on a full disk without an error (a .nii.gz cut mid-stream still reads,
+    as zeros), so the file is checked before it counts (:func:`verify_image_file`);
+    :func:`unisyn_v2.io_utils.commit_file` then renames it into place.
+    """
     path = Path(path)
     array = np.asarray(array)
     if tuple(array.shape) != tuple(geometry.shape_zyx):
@@ -212,21 +216,82 @@ def write_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type =
     image.SetSpacing(geometry.spacing_xyz)
     image.SetOrigin(geometry.origin_xyz)
     image.SetDirection(geometry.direction)
-    ensure_folder(path.parent)
-    ending = next((e for e in READABLE_ENDINGS if path.name.endswith(e)), path.suffix)
-    handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=ending, dir=path.parent)
-    os.close(handle)
+
+    def write(temp: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(temp), useCompression=True)
+        except RuntimeError as error:  # SimpleITK reports a failed write (disk full ...) this way
+            raise OSError(errno.EIO, _first_line(error)) from error
+
+    nbytes = int(np.prod(geometry.shape_zyx)) * np.dtype(dtype).itemsize + 352  # uncompressed: the most it needs
+    return stage_file(path, write, verify_image_file, needed=nbytes)
+
+
+def write_image(path: Path, array: np.ndarray, geometry: Geometry, dtype: type = np.float32) -> Path:
+    """Write an array with the given geometry atomically (temp file in the same folder, checked, then renamed)."""
+    return commit_file(stage_image(path, array, geometry, dtype), path)
+
+
+def verify_image_file(path: Path) -> None:
+    """Raise IncompleteWriteError unless ``path`` is a whole image file.
+
+    NIfTI: the gzip stream (if any) must end with its checksum trailer and the data must hold every byte
+    the header announces; other formats must be read back by SimpleITK.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        problem = _nifti_completeness(path)
+    else:
+        try:
+            sitk.ReadImage(str(path))
+            problem = None
+        except RuntimeError as error:
+            problem = f"cannot be read back ({_first_line(error)})"
+    if problem is not None:
+        raise IncompleteWriteError(errno.EIO, f"the written file is incomplete ({path.stat().st_size} bytes; {problem})")
+
+
+def _nifti_completeness(path: Path) -> str | None:
+    """What is missing from a NIfTI(-1/-2) file, or None when it is whole."""
+    head = b""
+    size = 0
     try:
-        sitk.WriteImage(image, temp, useCompression=True)
-        os.replace(temp, path)
-    except BaseException as error:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise write_failure(path, error) from error
-        if isinstance(error, RuntimeError):  # SimpleITK reports a failed write (disk full ...) this way
-            raise write_failure(path, OSError(errno.EIO, _first_line(error))) from error
-        raise
-    return path
+        if str(path).endswith(".gz"):
+            with gzip.open(path, "rb") as stream:  # reading to the end checks the CRC and length trailer
+                while chunk := stream.read(1 << 22):
+                    if len(head) < 540:
+                        head += chunk[: 540 - len(head)]
+                    size += len(chunk)
+        else:
+            with open(path, "rb") as stream:
+                head = stream.read(540)
+            size = path.stat().st_size
+    except (EOFError, OSError, zlib.error) as error:
+        return f"the gzip stream is broken: {error}"
+    if len(head) < 348:
+        return "no complete NIfTI header"
+    for order in "<>":
+        header_size = struct.unpack(order + "i", head[:4])[0]
+        if header_size in (348, 540):
+            break
+    else:
+        return "no NIfTI header"
+    if header_size == 348:
+        dims = struct.unpack(order + "8h", head[40:56])
+        bitpix = struct.unpack(order + "h", head[72:74])[0]
+        offset = struct.unpack(order + "f", head[108:112])[0]
+    else:
+        if len(head) < 540:
+            return "no complete NIfTI-2 header"
+        dims = struct.unpack(order + "8q", head[16:80])
+        bitpix = struct.unpack(order + "h", head[14:16])[0]
+        offset = struct.unpack(order + "q", head[168:176])[0]
+    rank = max(1, min(int(dims[0]), 7))
+    expected = int(offset) + int(np.prod([max(int(d), 1) for d in dims[1:rank + 1]])) * max(int(bitpix), 8) // 8
+    if size < expected:
+        return f"{size} of the {expected} data bytes its header announces"
+    return None
 
 
 def _first_line(error: Exception) -> str:

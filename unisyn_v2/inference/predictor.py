@@ -23,12 +23,14 @@ from torch import nn
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.dataset.image_io import Geometry, count_nonfinite_voxels, read_image
 from unisyn_v2.experiment_planning.plans import Plans
-from unisyn_v2.inference.export import build_sidecar, export_prediction, output_paths, select_cases_to_run
+from unisyn_v2.inference.export import (
+    build_sidecar, export_prediction, output_paths, refuse_outputs_over_inputs, select_cases_to_run,
+)
 from unisyn_v2.inference.inputs import (
     DescriptionSpec, InputCase, InputError, InputImage, choose_source, discover_cases, parse_description_spec,
 )
 from unisyn_v2.inference.sliding_window import sliding_window_predict
-from unisyn_v2.io_utils import remove_stale_temp_files
+from unisyn_v2.io_utils import check_writable_folder, remove_stale_temp_files
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
@@ -317,7 +319,8 @@ class UniSynPredictor:
         cases = discover_cases(inputs, source_spec)
         if source_image is not None and len(cases) > 1:
             raise InputError(f"--source-image names one image but the inputs hold {len(cases)} cases; predict that case alone")
-        output_folder = Path(output_folder)
+        refuse_outputs_over_inputs(output_folder, target_spec.modality, cases)  # before "already exist" calls an input a prediction
+        check_writable_folder(output_folder)  # a read-only folder fails now, not after the whole prediction
         todo = set(select_cases_to_run([c.case_id for c in cases], output_folder, target_spec.modality, continue_prediction, overwrite))
         logger.info("%d case(s) to predict -> %s (%d already finished)", len(todo), output_folder, len(cases) - len(todo))
         remove_stale_temp_files(output_folder)  # left by a killed run

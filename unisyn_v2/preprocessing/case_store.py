@@ -7,15 +7,14 @@ properties exist, so an interrupted run resumes by skipping finished cases.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unisyn_v2.io_utils import read_json, temp_prefix, write_json_atomic
+from unisyn_v2.io_utils import IncompleteWriteError, read_json, replace_atomic, write_json_atomic
 
 
 @dataclass
@@ -38,14 +37,29 @@ class PreprocessedCase:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    """np.save via a checked, fsynced temp file: a short write (numpy's errno-less ``N requested and M
+    written`` on a full disk) is a disk-full error naming ``path``."""
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as stream:
             np.save(stream, array)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+
+    replace_atomic(path, write, verify=verify_npy_file, needed=array.nbytes + 128)
+
+
+def verify_npy_file(path: Path) -> None:
+    """Raise IncompleteWriteError unless the .npy file holds every byte its header announces."""
+    try:
+        with open(path, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read_header(stream)
+            offset = stream.tell()
+    except (ValueError, OSError, EOFError) as error:
+        raise IncompleteWriteError(errno.EIO, f"the written file is incomplete (no whole .npy header: {error})") from None
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = Path(path).stat().st_size
+    if actual != expected:
+        raise IncompleteWriteError(errno.EIO, f"the written file is incomplete ({actual} of {expected} bytes)")
 
 
 def save_preprocessed_case(folder: Path, case: PreprocessedCase) -> None:

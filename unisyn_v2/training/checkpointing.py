@@ -8,18 +8,18 @@ over the old one, so a kill during the write leaves the previous checkpoint inta
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import pickle
 import random
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from unisyn_v2.io_utils import temp_prefix
+from unisyn_v2.io_utils import IncompleteWriteError, replace_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +28,21 @@ CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint
 
 
 def save_checkpoint_atomic(path: Path, state: dict[str, Any]) -> Path:
-    """``torch.save`` to a temp file beside ``path`` and ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=temp_prefix(f"{path.stem}_"), suffix=".pth", dir=path.parent)
+    """``torch.save`` to a temp file beside ``path``, fsynced and checked whole, then ``os.replace`` it into place."""
+    return replace_atomic(path, lambda temp: torch.save(state, temp), tag=f"{Path(path).stem}_", verify=verify_checkpoint_file)
+
+
+def verify_checkpoint_file(path: Path) -> None:
+    """Raise IncompleteWriteError unless ``path`` is a whole torch zip archive (its central directory, written
+    last, is present and every member's stored extent lies inside the file)."""
+    size = Path(path).stat().st_size
     try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise IncompleteWriteError(errno.EIO, f"the written file is incomplete ({size} bytes; {error})") from None
+    if not members or any(m.header_offset + m.compress_size > size for m in members):
+        raise IncompleteWriteError(errno.EIO, f"the written file is incomplete ({size} bytes; members are cut off)")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
