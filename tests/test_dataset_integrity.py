@@ -97,3 +97,87 @@ def test_schema_errors_name_case_and_field(dataset: Path) -> None:
     with pytest.raises(DatasetError) as info:
         load_dataset_description(dataset)
     assert "case case_000" in str(info.value) and "colour" in str(info.value)
+
+
+# ------------------------------------------- issue 18 (part C): hostile datasets that verify, warn or report
+T1 = "case_000/case_000_T1w.nii.gz"
+
+
+def _shift_origin(root: Path, millimetres: float) -> None:
+    array, geometry = read_image(root / T1)
+    origin = (geometry.origin_xyz[0] + millimetres, *geometry.origin_xyz[1:])
+    write_image(root / T1, array, Geometry(geometry.shape_zyx, geometry.spacing_xyz, origin, geometry.direction))
+
+
+ACCEPTED = {  # name: (change the dataset, check the parsed description)
+    "dataset_json_with_bom": (lambda root: (root / "dataset.json").write_bytes(b"\xef\xbb\xbf" + (root / "dataset.json").read_bytes()),
+                              lambda d: d.case("case_000").images[0].metadata.echo_time == 2.3),
+    "sidecar_with_bom": (lambda root: (root / T1.replace(".nii.gz", ".json")).write_bytes(b'\xef\xbb\xbf{"ConvolutionKernel": "none"}'),
+                         lambda d: d.case("case_000").images[0].metadata.reconstruction_kernel == "none"),
+    "modality_in_other_letter_case": (lambda root: _edit(root, lambda data: data["cases"][0]["images"][0].update(modality="t1W")),
+                                      lambda d: d.case("case_000").modalities[0] == "T1w"),
+    "origin_shifted_by_a_micrometre": (lambda root: _shift_origin(root, 0.001), lambda d: True),
+    "short_tr_gradient_echo_in_ms": (lambda root: _edit(root, lambda data: data["cases"][0]["images"][0].update(
+        metadata={"repetition_time": 8.0, "echo_time": 3.0, "flip_angle": 20.0})), lambda d: True),
+    "sidecar_agreeing_but_for_letter_case_and_words": (
+        lambda root: (root / T1.replace(".nii.gz", ".json")).write_text(json.dumps(
+            {"RepetitionTime": 2.3, "EchoTime": 0.0023, "MagneticFieldStrength": 3, "Manufacturer": "SIEMENS Healthineers"})),
+        lambda d: True),
+}
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+def test_odd_but_usable_datasets_verify_without_warnings(name: str, dataset: Path, caplog, capsys) -> None:
+    change, check = ACCEPTED[name]
+    change(dataset)
+    with caplog.at_level("WARNING", logger="unisyn_v2"):
+        assert verify_dataset_integrity(dataset) == []
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    assert check(load_dataset_description(dataset))
+    assert verify_main(["-d", "1"]) == 0
+
+
+def test_sidecar_contradicting_dataset_json_warns_naming_both_values_and_files(dataset: Path, caplog, capsys) -> None:
+    sidecar = "case_000/case_000_T1w.json"
+    (dataset / sidecar).write_text(json.dumps({"RepetitionTime": 1.9, "FlipAngle": 9, "MagneticFieldStrength": 7,
+                                               "Manufacturer": "GE", "InversionTime": 0.9}))
+    with caplog.at_level("WARNING", logger="unisyn_v2"):
+        assert verify_dataset_integrity(dataset) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 4, warnings  # InversionTime 0.9 s agrees with 900 ms
+    for field, mine, theirs in (("repetition_time", "2300 ms", "1900 ms"), ("flip_angle", "8 degrees", "9 degrees"),
+                                ("field_strength", "3 T", "7 T"), ("manufacturer", "'Siemens'", "'GE'")):
+        line = next(w for w in warnings if f"field metadata.{field}]" in w)
+        assert f"dataset.json gives {mine}" in line and f"BIDS sidecar {sidecar} gives {theirs}" in line, line
+        assert "case case_000" in line and f"file {T1}" in line
+    assert load_dataset_description(dataset).case("case_000").images[0].metadata.field_strength == 3.0  # dataset.json wins
+
+
+def test_verification_logs_progress_at_a_low_rate(dataset: Path, caplog, monkeypatch) -> None:
+    from unisyn_v2.dataset import integrity
+
+    with caplog.at_level("INFO", logger="unisyn_v2"):
+        verify_dataset_integrity(dataset)
+    assert not [r for r in caplog.records if "verified" in r.getMessage()]  # a quick run stays quiet
+    monkeypatch.setattr(integrity, "PROGRESS_INTERVAL_S", 0.0)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="unisyn_v2"):
+        verify_dataset_integrity(dataset)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("verified 1/2 cases (0 problem(s) so far") for m in messages), messages
+    assert any(m.startswith("verified 2 cases in") for m in messages), messages
+
+
+def test_plan_and_preprocess_verifies_again_when_the_raw_data_changed(dataset: Path, unisyn_dirs: dict[str, Path],
+                                                                      capsys) -> None:
+    """A constant image added after a first plan is reported with its case and file before plans are rewritten."""
+    assert plan_and_preprocess_main(["-d", "1", "--no_pbar", "-np", "1", "-pl", "cpu", "--no_pp"]) == 0
+    planned = {p: p.read_bytes() for p in (unisyn_dirs["preprocessed"] / "Dataset001_Blob").glob("*.json")}
+    array, geometry = read_image(dataset / T1)
+    write_image(dataset / T1, np.full_like(array, 100.0), geometry)
+    capsys.readouterr()
+    assert plan_and_preprocess_main(["-d", "1", "--no_pbar", "-np", "1", "-pl", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "case case_000" in err and T1 in err and "constant" in err, err
+    assert {p: p.read_bytes() for p in (unisyn_dirs["preprocessed"] / "Dataset001_Blob").glob("*.json")} == planned
+    assert not list((unisyn_dirs["preprocessed"] / "Dataset001_Blob").glob("*/*.npy"))

@@ -98,3 +98,38 @@ def test_metadata_classes_band_parameters() -> None:
     long = ImageDescription("T2w", ImageMetadata(field_strength=3.0, echo_time=100.0))
     assert metadata_class_key(short) != metadata_class_key(long)
     assert metadata_class_key(PROMPTS[3]) == "FDG-PET|SUV"
+
+
+SECONDS_CHECK = [  # (metadata, modality, fields reported as seconds)
+    (dict(repetition_time=2.3, echo_time=0.0023, inversion_time=0.9), "T1w", {"repetition_time", "echo_time", "inversion_time"}),
+    (dict(repetition_time=4.0, echo_time=90.0), "T2w", {"repetition_time"}),  # TE >= TR, and spin-echo TR
+    (dict(repetition_time=9.0), "FLAIR", {"repetition_time"}),
+    (dict(echo_time=0.09), "T2w", {"echo_time"}),
+    (dict(repetition_time=2300.0, echo_time=2.3, inversion_time=900.0, flip_angle=8.0), "T1w", set()),  # MPRAGE
+    (dict(repetition_time=20.0, echo_time=5.0, flip_angle=25.0), "T1w", set()),  # spoiled GRE
+    (dict(repetition_time=4.5, echo_time=2.2, flip_angle=50.0), "T1w", set()),  # bSSFP
+    (dict(repetition_time=27.0, echo_time=20.0, flip_angle=15.0), "SWI", set()),
+    (dict(repetition_time=9000.0, echo_time=120.0, inversion_time=2500.0), "FLAIR", set()),
+]
+
+
+@pytest.mark.parametrize("values, modality, expected", SECONDS_CHECK)
+def test_times_that_look_like_seconds_are_reported_with_the_value_in_ms(values, modality, expected) -> None:
+    problems = ImageMetadata(**values).field_problems(modality)
+    flagged = {name for name, message in problems if "looks like seconds" in message}
+    assert flagged == expected, problems
+    for name, message in problems:
+        if name in expected:
+            assert f"write {values[name] * 1000:g}" in message
+    if not expected:
+        assert problems == []
+
+
+def test_bids_sidecar_rejects_nan_and_duplicated_keys(tmp_path) -> None:
+    image = tmp_path / "sub-01_T1w.nii.gz"
+    sidecar_path(image).write_text('{"EchoTime": NaN}')
+    with pytest.raises(MetadataError, match="EchoTime: must be finite"):
+        read_sidecar(image)
+    sidecar_path(image).write_text('{"EchoTime": 0.003, "EchoTime": 0.03}')
+    with pytest.raises(MetadataError, match="unreadable BIDS sidecar .key 'EchoTime' appears twice"):
+        read_sidecar(image)

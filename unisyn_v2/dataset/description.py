@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unisyn_v2.io_utils import confined_path, read_json
-from unisyn_v2.metadata.bids import read_sidecar
-from unisyn_v2.metadata.fields import ImageMetadata, MetadataError, SubjectMetadata
+from unisyn_v2.io_utils import confined_path
+from unisyn_v2.metadata.bids import BIDS_KEY_OF, load_json_file, read_sidecar, sidecar_path
+from unisyn_v2.metadata.fields import FIELD_UNITS, ImageMetadata, MetadataError, SubjectMetadata
 from unisyn_v2.metadata.modalities import UnknownModalityError, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
 
@@ -24,6 +24,8 @@ DATASET_JSON = "dataset.json"
 _TOP_KEYS = {"name", "description", "reference", "licence", "license", "cases", "release"}
 _CASE_KEYS = {"id", "subject", "images", "brain_mask"}
 _IMAGE_KEYS = {"file", "modality", "metadata"}
+#: Case ids become file names (<id>.npy, <id>_mask.npy, <id>_<target>.nii.gz): keep them well inside 255 bytes.
+MAX_CASE_ID_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class DatasetDescription:
     name: str
     cases: tuple[CaseEntry, ...]
     description: str = ""
+    #: things that do not stop the dataset but deserve a look (a sidecar contradicting dataset.json)
+    warnings: tuple[Problem, ...] = ()
 
     def case(self, case_id: str) -> CaseEntry:
         """Look a case up by id."""
@@ -120,10 +124,11 @@ def load_dataset_description(root: Path, read_sidecars: bool = True) -> DatasetD
     if not source.is_file():
         raise DatasetError(source, [Problem(f"missing {DATASET_JSON}; see the README for the raw dataset format")])
     try:
-        data = read_json(source)
+        data = load_json_file(source)
     except ValueError as error:
-        raise DatasetError(source, [Problem(str(error))]) from None
+        raise DatasetError(source, [Problem(str(error).removeprefix(f"{source}: "))]) from None
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     if not isinstance(data, dict):
         raise DatasetError(source, [Problem("the top level must be a JSON object")])
     for key in sorted(set(data) - _TOP_KEYS):
@@ -135,7 +140,7 @@ def load_dataset_description(root: Path, read_sidecars: bool = True) -> DatasetD
     cases: list[CaseEntry] = []
     seen_ids: set[str] = set()
     for index, raw_case in enumerate(raw_cases):
-        case = _parse_case(root, raw_case, index, problems, read_sidecars)
+        case = _parse_case(root, raw_case, index, problems, warnings, read_sidecars)
         if case is None:
             continue
         if case.case_id in seen_ids:
@@ -143,19 +148,58 @@ def load_dataset_description(root: Path, read_sidecars: bool = True) -> DatasetD
             continue
         seen_ids.add(case.case_id)
         cases.append(case)
+    problems.extend(_colliding_ids([case.case_id for case in cases]))
     if problems:
         raise DatasetError(source, problems)
-    return DatasetDescription(root, str(data.get("name", root.name)), tuple(cases), str(data.get("description", "")))
+    return DatasetDescription(root, str(data.get("name", root.name)), tuple(cases), str(data.get("description", "")),
+                              tuple(warnings))
 
 
-def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], read_sidecars: bool) -> CaseEntry | None:
+def _case_id_problem(case_id: Any) -> str | None:
+    """Why ``case_id`` cannot name a case's files, or None."""
+    if not isinstance(case_id, str) or not case_id.strip():
+        return "it is empty or not a string"
+    if "/" in case_id or "\\" in case_id:
+        return "it holds '/' or '\\'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in case_id):
+        return "it holds control characters (a line break or tab?)"
+    if case_id != case_id.strip():
+        return "it starts or ends with a space"
+    if case_id in (".", ".."):
+        return "'.' and '..' name folders"
+    if len(case_id.encode()) > MAX_CASE_ID_BYTES:
+        return f"it is longer than {MAX_CASE_ID_BYTES} bytes"
+    return None
+
+
+def _colliding_ids(ids: list[str]) -> list[Problem]:
+    """Ids whose files would overwrite each other: equal but for letter case (case-insensitive file systems), or
+    '<id>_mask', the name of case <id>'s preprocessed brain mask."""
+    problems: list[Problem] = []
+    folded: dict[str, str] = {}
+    for case_id in ids:
+        other = folded.setdefault(case_id.casefold(), case_id)
+        if other != case_id:
+            problems.append(Problem(f"case ids {other!r} and {case_id!r} differ only in letter case; their files collide "
+                                    "on case-insensitive file systems (macOS, Windows): rename one", case=case_id, field="id"))
+    known = set(ids)
+    for case_id in ids:
+        if case_id.endswith("_mask") and case_id[: -len("_mask")] in known:
+            problems.append(Problem(f"case id {case_id!r} collides with the preprocessed brain mask of case "
+                                    f"{case_id[: -len('_mask')]!r} ({case_id}.npy); rename it", case=case_id, field="id"))
+    return problems
+
+
+def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], warnings: list[Problem],
+                read_sidecars: bool) -> CaseEntry | None:
     label = f"#{index}"
     if not isinstance(raw, dict):
         problems.append(Problem("each case must be a JSON object", case=label))
         return None
     case_id = raw.get("id")
-    if not isinstance(case_id, str) or not case_id.strip() or "/" in case_id:
-        problems.append(Problem(f"'id' must be a non-empty string without '/' (got {case_id!r})", case=label, field="id"))
+    if (reason := _case_id_problem(case_id)) is not None:
+        problems.append(Problem(f"'id' must be a non-empty string usable in file names, but {reason} (got {case_id!r})",
+                                case=label, field="id"))
         return None
     for key in sorted(set(raw) - _CASE_KEYS):
         problems.append(Problem(f"unknown case key; remove or rename it (known: {', '.join(sorted(_CASE_KEYS))})",
@@ -174,7 +218,7 @@ def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], read_
         problems.append(Problem("'images' must be a list", case=case_id, field="images"))
         raw_images = []
     for raw_image in raw_images:
-        image = _parse_image(root, raw_image, case_id, problems, read_sidecars)
+        image = _parse_image(root, raw_image, case_id, problems, warnings, read_sidecars)
         if image is not None:
             images.append(image)
     modalities = [image.modality for image in images]
@@ -183,7 +227,8 @@ def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], read_
     return CaseEntry(case_id, tuple(images), subject, brain_mask)
 
 
-def _parse_image(root: Path, raw: Any, case_id: str, problems: list[Problem], read_sidecars: bool) -> ImageEntry | None:
+def _parse_image(root: Path, raw: Any, case_id: str, problems: list[Problem], warnings: list[Problem],
+                 read_sidecars: bool) -> ImageEntry | None:
     if not isinstance(raw, dict):
         problems.append(Problem("each image must be a JSON object with file, modality, metadata", case=case_id, field="images"))
         return None
@@ -209,11 +254,30 @@ def _parse_image(root: Path, raw: Any, case_id: str, problems: list[Problem], re
         if read_sidecars:
             sidecar = read_sidecar(root / file)
             if sidecar is not None:
+                warnings.extend(_sidecar_conflicts(metadata, sidecar, case_id, file))
                 metadata = metadata.merged_with(sidecar)
     except MetadataError as error:
         problems.append(Problem(str(error), case=case_id, file=file, field="metadata"))
         metadata = ImageMetadata()
     return ImageEntry(file, modality, metadata)
+
+
+def _sidecar_conflicts(metadata: ImageMetadata, sidecar: ImageMetadata, case_id: str, file: str) -> list[Problem]:
+    """A warning per field that dataset.json and the image's BIDS sidecar both give, differently."""
+    side = sidecar_path(Path(file)).as_posix()
+    out = []
+    for name, mine, theirs in metadata.conflicts_with(sidecar):
+        unit = f" {FIELD_UNITS[name]}" if name in FIELD_UNITS else ""
+        converted = ", converted from seconds" if unit == " ms" else ""
+        out.append(Problem(
+            f"{DATASET_JSON} gives {_shown(mine)}{unit} but the BIDS sidecar {side} gives {_shown(theirs)}{unit} "
+            f"({BIDS_KEY_OF.get(name, name)}{converted}); the {DATASET_JSON} value is used: correct the wrong one",
+            case=case_id, file=file, field=f"metadata.{name}"))
+    return out
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
 
 
 def _check_relative(root: Path, relative: str, case_id: str, field_name: str, problems: list[Problem]) -> bool:

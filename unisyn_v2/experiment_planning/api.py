@@ -11,7 +11,7 @@ from typing import Any
 from unisyn_v2.dataset.description import DATASET_JSON, DatasetError, load_dataset_description
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.dataset.integrity import verify_dataset_integrity
-from unisyn_v2.experiment_planning.fingerprint import FINGERPRINT_FILE, extract_fingerprint
+from unisyn_v2.experiment_planning.fingerprint import FINGERPRINT_FILE, extract_fingerprint, raw_signature
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME, detect_gpu_memory_gb, plan_experiment
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.experiment_planning.splits import ensure_splits
@@ -40,12 +40,20 @@ def fingerprint_dataset(dataset: str | int, num_processes: int = 2, clean: bool 
     """Verify (when asked, or when the raw data changed) and fingerprint a dataset."""
     _name, raw, pre = dataset_folders(dataset)
     existing = pre / FINGERPRINT_FILE
-    if verify_integrity or clean or not existing.is_file():
+    if verify_integrity or clean or not existing.is_file() or _raw_changed(raw, existing):
         verify(dataset)
     fingerprint = extract_fingerprint(raw, pre, num_processes=num_processes, clean=clean, progress=progress)
     pre.mkdir(parents=True, exist_ok=True)
     copy_file_atomic(raw / DATASET_JSON, pre / DATASET_JSON)
     return fingerprint
+
+
+def _raw_changed(raw: Path, fingerprint: Path) -> bool:
+    """Whether the raw files differ from those the fingerprint was computed on (then they are verified again)."""
+    try:
+        return read_json(fingerprint).get("raw_signature") != raw_signature(load_dataset_description(raw, read_sidecars=False))
+    except (ValueError, OSError, AttributeError):
+        return True
 
 
 def resolve_planner(planner: str) -> tuple[str, Callable[..., Plans]]:

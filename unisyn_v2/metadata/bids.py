@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,47 @@ _BIDS_TEXT = {
     "TracerName": "tracer",
     "Units": "unit",
 }
+#: our field -> the BIDS key it comes from (for messages)
+BIDS_KEY_OF = {
+    **{name: key for key, (name, _factor) in _BIDS_NUMERIC.items()},
+    **{name: key for key, name in _BIDS_TEXT.items()},
+    "injected_dose": "InjectedRadioactivity",
+}
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object gives one key twice (JSON readers silently keep the last)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
+def load_json_file(path: Path) -> Any:
+    """Parse a user-written JSON file strictly, with one-line errors naming the file.
+
+    Why not ``json.loads(read_text())``: a UTF-8 byte-order mark (Windows editors write one) is accepted,
+    while a key given twice in one object (the first value would vanish silently) and text that is not
+    UTF-8 are errors. NaN/Infinity literals are parsed, so the field checks name the field.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+                         "save it as UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
+    except DuplicateKeyError as error:
+        raise ValueError(f"{path}: key {str(error)!r} appears twice in one object; JSON keeps only the last value, "
+                         "so remove one") from None
 
 
 def sidecar_path(image_path: Path) -> Path:
@@ -52,15 +94,13 @@ def metadata_from_bids(sidecar: dict[str, Any], where: str = "sidecar") -> Image
             value = sidecar[key]
             if isinstance(value, list) and value:  # multi-echo: first echo
                 value = value[0]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise MetadataError(f"{where}.{key}: must be a number (got {value!r})")
-            values[name] = float(value) * factor
+            values[name] = _number(value, f"{where}.{key}") * factor
             given[name] = (key, float(value))
     for key, name in _BIDS_TEXT.items():
         if isinstance(sidecar.get(key), str):
             values[name] = sidecar[key]
     if sidecar.get("InjectedRadioactivity") is not None:
-        dose = float(sidecar["InjectedRadioactivity"])
+        dose = _number(sidecar["InjectedRadioactivity"], f"{where}.InjectedRadioactivity")
         unit = str(sidecar.get("InjectedRadioactivityUnits", "MBq"))
         values["injected_dose"] = dose / 1e6 if unit == "Bq" else dose
     for name in ("repetition_time", "echo_time", "inversion_time"):
@@ -74,15 +114,26 @@ def metadata_from_bids(sidecar: dict[str, Any], where: str = "sidecar") -> Image
     return ImageMetadata(**values)
 
 
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MetadataError(f"{where}: must be a number (got {value!r})")
+    if not math.isfinite(value):
+        raise MetadataError(f"{where}: must be finite (got {value!r})")
+    return float(value)
+
+
 def read_sidecar(image_path: Path) -> ImageMetadata | None:
     """Metadata from the sidecar next to ``image_path``, or None when there is none."""
     path = sidecar_path(image_path)
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        data = load_json_file(path)
+    except OSError as error:
         raise MetadataError(f"{path}: unreadable BIDS sidecar ({error})") from error
+    except ValueError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        raise MetadataError(f"{path}: unreadable BIDS sidecar ({reason})") from None
     if not isinstance(data, dict):
         raise MetadataError(f"{path}: a BIDS sidecar must be a JSON object")
     return metadata_from_bids(data, where=str(path))

@@ -14,13 +14,32 @@ PET_UNITS = ("SUV", "Bq/ml", "SUVR")
 SEXES = ("M", "F")
 PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {  # field -> [low, high] in the field's unit
     "field_strength": (0.05, 11.8),
-    "repetition_time": (0.5, 30000.0),
+    "repetition_time": (1.0, 30000.0),
     "echo_time": (0.0, 2000.0),
     "inversion_time": (0.0, 10000.0),
     "flip_angle": (0.0, 180.0),
     "kvp": (60.0, 160.0),
     "injected_dose": (0.0, 2000.0),
     "uptake_time": (0.0, 600.0),
+}
+#: Fields whose lower bound itself is implausible (a flip angle or a dose of 0).
+_EXCLUSIVE_LOW = {"flip_angle", "injected_dose"}
+#: A time below this (ms, above 0) is what a value in seconds looks like: no brain sequence has a TE
+#: under 0.5 ms or a TI under 10 ms, while in seconds TE is 0.001-0.3 and TI 0.05-3.5.
+SECONDS_LIKE_BELOW = {"echo_time": 0.5, "inversion_time": 10.0}
+#: A TR below this (ms) is seconds when another time of the image is, or TE >= TR; spin-echo
+#: modalities never have a TR under 100 ms, so theirs is seconds below that on its own.
+SECONDS_LIKE_TR_BELOW = 30.0
+SPIN_ECHO_TR_BELOW = 100.0
+SPIN_ECHO_MODALITIES = ("T2w", "FLAIR", "PD")
+#: field -> (divisor, wrong unit, right unit): a value beyond the range that fits once divided was most
+#: likely given in the wrong unit, and the message suggests the converted value.
+_UNIT_SLIPS: dict[str, tuple[float, str, str]] = {
+    "field_strength": (1000.0, "mT", "T"),
+    "kvp": (1000.0, "V", "kV"),
+    "injected_dose": (1e6, "Bq", "MBq"),
+    "uptake_time": (60.0, "seconds", "min"),
+    "repetition_time": (0.001, "seconds", "ms"),
 }
 
 
@@ -65,24 +84,92 @@ class ImageMetadata:
         other = asdict(fallback)
         return ImageMetadata(**{k: (mine[k] if mine[k] is not None else other[k]) for k in mine})
 
-    def problems(self) -> list[str]:
+    def problems(self, modality: str | None = None) -> list[str]:
         """Implausible values as messages 'field: rule (got value)'; empty when plausible."""
-        out: list[str] = []
+        return [f"{name}: {message}" for name, message in self.field_problems(modality)]
 
-        def check(name: str, low: float, high: float) -> None:
-            value = getattr(self, name)
-            if value is not None and not (low <= value <= high):
-                out.append(f"{name}: must be within [{low}, {high}] (got {value})")
-
+    def field_problems(self, modality: str | None = None) -> list[tuple[str, str]]:
+        """Implausible values as (field, message): out of range, in the wrong unit (the message gives the value
+        to write instead), TE not below TR. ``modality`` sharpens the seconds check of TR (spin-echo TRs)."""
+        out: list[tuple[str, str]] = []
+        seconds = self._seconds_like(modality)
+        for name in ("repetition_time", "echo_time", "inversion_time"):
+            if name in seconds:
+                value = getattr(self, name)
+                out.append((name, f"{value:g} looks like seconds, but {name} is in ms: write {value * 1000:g} "
+                                  "(BIDS sidecars take seconds, dataset.json takes ms)"))
+        if self.flip_angle is not None and 0.0 < self.flip_angle < 1.0:
+            out.append(("flip_angle", f"{self.flip_angle:g} looks like radians, but flip_angle is in degrees: write "
+                                      f"{math.degrees(self.flip_angle):.3g}"))
         for name, (low, high) in PLAUSIBLE_RANGES.items():
-            check(name, low, high)
-        if self.echo_time is not None and self.repetition_time is not None and self.echo_time >= self.repetition_time:
-            out.append(f"echo_time: must be shorter than repetition_time (TE {self.echo_time} ms >= TR {self.repetition_time} ms)")
+            value = getattr(self, name)
+            if value is None or name in seconds:
+                continue
+            exclusive = name in _EXCLUSIVE_LOW
+            if (value <= low if exclusive else value < low) or value > high:
+                bounds = f"{'(' if exclusive else '['}{low:g}, {high:g}]"
+                out.append((name, f"must be within {bounds} {FIELD_UNITS[name]} (got {value:g}){_unit_hint(name, value, low, high)}"))
+        if (self.echo_time is not None and self.repetition_time is not None and self.echo_time >= self.repetition_time
+                and not seconds):
+            hint = ""
+            if self.repetition_time < SECONDS_LIKE_TR_BELOW:
+                hint = f"; a TR of {self.repetition_time:g} looks like seconds: write {self.repetition_time * 1000:g}"
+            out.append(("echo_time", f"must be shorter than repetition_time (TE {self.echo_time:g} ms >= TR "
+                                     f"{self.repetition_time:g} ms){hint}"))
         if self.voxel_size is not None and any(v <= 0 or v > 20 for v in self.voxel_size):
-            out.append(f"voxel_size: each entry must be within (0, 20] mm (got {list(self.voxel_size)})")
+            out.append(("voxel_size", f"each entry must be within (0, 20] mm (got {list(self.voxel_size)})"))
         if self.unit is not None and self.unit not in PET_UNITS:
-            out.append(f"unit: must be one of {', '.join(PET_UNITS)} (got {self.unit!r})")
+            out.append(("unit", f"must be one of {', '.join(PET_UNITS)} (got {self.unit!r})"))
         return out
+
+    def _seconds_like(self, modality: str | None) -> set[str]:
+        """The time fields whose values look like seconds (see :data:`SECONDS_LIKE_BELOW`)."""
+        found = {name for name, below in SECONDS_LIKE_BELOW.items()
+                 if (value := getattr(self, name)) is not None and 0.0 < value < below}
+        tr = self.repetition_time
+        if tr is not None and 0.0 < tr < SECONDS_LIKE_TR_BELOW:
+            te_not_below = self.echo_time is not None and "echo_time" not in found and self.echo_time >= tr
+            if found or te_not_below:
+                found.add("repetition_time")
+        if tr is not None and 0.0 < tr < SPIN_ECHO_TR_BELOW and modality in SPIN_ECHO_MODALITIES:
+            found.add("repetition_time")
+        return found
+
+    def conflicts_with(self, other: "ImageMetadata") -> list[tuple[str, Any, Any]]:
+        """Fields both give with different values, as (field, mine, other's): numbers differing by more than
+        0.1 %, texts other than in letter case or an added word ('GE' and 'GE MEDICAL SYSTEMS' agree)."""
+        out: list[tuple[str, Any, Any]] = []
+        mine, theirs = asdict(self), asdict(other)
+        for name, value in mine.items():
+            other_value = theirs[name]
+            if value is None or other_value is None:
+                continue
+            if isinstance(value, str):
+                a, b = value.strip().casefold(), str(other_value).strip().casefold()
+                if not (a == b or a.startswith(b + " ") or b.startswith(a + " ")):
+                    out.append((name, value, other_value))
+            elif isinstance(value, tuple):
+                if not all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-6) for x, y in zip(value, other_value)):
+                    out.append((name, value, other_value))
+            elif not math.isclose(value, other_value, rel_tol=1e-3, abs_tol=1e-6):
+                out.append((name, value, other_value))
+        return out
+
+
+FIELD_UNITS = {"field_strength": "T", "repetition_time": "ms", "echo_time": "ms", "inversion_time": "ms",
+          "flip_angle": "degrees", "kvp": "kV", "injected_dose": "MBq", "uptake_time": "min"}
+
+
+def _unit_hint(name: str, value: float, low: float, high: float) -> str:
+    """'; it looks like <unit>: write <value>' when the value fits the range in the field's unit once converted."""
+    slip = _UNIT_SLIPS.get(name)
+    if slip is None:
+        return ""
+    divisor, wrong, right = slip
+    converted = value / divisor
+    if low < converted <= high and (value > high or divisor < 1):
+        return f"; it looks like {wrong}: write {converted:g} ({right})"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +199,8 @@ class SubjectMetadata:
     def problems(self) -> list[str]:
         """Implausible values as messages."""
         if self.age is not None and not (0.0 <= self.age <= 120.0):
-            return [f"age: must be within [0, 120] years (got {self.age})"]
+            hint = f"; it looks like months: write {self.age / 12:.3g} (years)" if 120.0 < self.age <= 1440.0 else ""
+            return [f"age: must be within [0, 120] years (got {self.age:g}){hint}"]
         return []
 
 

@@ -21,7 +21,9 @@ from unisyn_v2.metadata.classes import metadata_class_key
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.preprocessing.cropping import bbox_from_list, bbox_to_list, crop_to_bbox, foreground_bbox, uncrop
 from unisyn_v2.preprocessing.foreground import case_foreground
-from unisyn_v2.preprocessing.normalization import IntensityNormalizer, NormalizationParameters, build_normalizer
+from unisyn_v2.preprocessing.normalization import (
+    IntensityNormalizer, NormalizationError, NormalizationParameters, build_normalizer,
+)
 from unisyn_v2.preprocessing.resampling import compute_new_shape, resample_image, resample_mask, resample_to_shape
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,11 @@ def preprocess_case(
         description = with_header_voxel_size(description, geometry)
         normalizer = normalizer_for(plans, description.modality)
         cropped = crop_to_bbox(image, bbox)
-        params = normalizer.fit(cropped, cropped_mask if cropped_mask.any() else None, unit=description.metadata.unit)
+        try:
+            params = normalizer.fit(cropped, cropped_mask if cropped_mask.any() else None, unit=description.metadata.unit)
+        except NormalizationError as error:  # name the case and file: a dataset may hold thousands
+            file = f", file {files[index]}" if files else ""
+            raise NormalizationError(f"case {case_id}{file} ({description.modality}): {error}") from None
         channels.append(normalizer.forward(cropped, params))
         channel_properties.append(
             {
