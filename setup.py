@@ -13,6 +13,7 @@ from setuptools import find_packages, setup
 
 CONSOLE_SCRIPTS = [
     "unisyn_phantom = unisyn_v2.phantom.cli:main",
+    "unisyn_render_phantom = unisyn_v2.phantom.cli:render_main",
     "unisyn_plan_and_preprocess = unisyn_v2.cli.plan_and_preprocess:plan_and_preprocess_main",
     "unisyn_extract_fingerprint = unisyn_v2.cli.plan_and_preprocess:extract_fingerprint_main",
     "unisyn_plan_experiment = unisyn_v2.cli.plan_and_preprocess:plan_experiment_main",

@@ -33,7 +33,7 @@ from unisyn_v2.io_utils import read_json, write_json_atomic
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.paths import preprocessed_dir, raw_dir
-from unisyn_v2.phantom import brain_mask, draw_protocol, draw_subject, simulate_image, simulate_subject
+from unisyn_v2.phantom import PhantomSpec, case_anatomy, draw_protocol, simulate_image
 from unisyn_v2.phantom.tissue_maps import VolumeGeometry, write_nifti
 from unisyn_v2.phantom.tissues import PhantomSubject
 from unisyn_v2.preprocessing.case_preprocessor import restore_prediction
@@ -48,7 +48,7 @@ BENCH_MODALITIES: tuple[str, ...] = ("T1w", "T2w", "PD", "FLAIR", "CT", "FDG-PET
 PAPER_TASKS: tuple[Task, ...] = (("T1w", "CT"), ("CT", "FDG-PET"), ("T1w", "FDG-PET"), ("T1w", "FLAIR"),
                                  ("T1w", "AV45-PET"), ("CT", "T1w"), ("T1w", "T2w"))
 QUICK_TASK_SPECIFIC: tuple[Task, ...] = (("T1w", "CT"), ("T1w", "T2w"))
-_SUBJECT, _ANATOMY, _SESSION, _IMAGE = 1, 2, 0, 100
+_SESSION, _IMAGE = 0, 100
 
 
 @dataclass
@@ -145,10 +145,13 @@ def case_rng(seed: int, index: int, stream: int) -> np.random.Generator:
 
 
 def regenerate_anatomy(config: BenchmarkConfig, index: int) -> tuple[dict[str, np.ndarray], PhantomSubject, np.ndarray]:
-    """Tissue maps, subject and brain mask of benchmark case ``index`` (0-based), exactly as written."""
-    subject = draw_subject(case_rng(config.seed, index, _SUBJECT))
-    tissues = simulate_subject(case_rng(config.seed, index, _ANATOMY), config.shape, config.voxel_size, subject=subject)
-    return tissues, subject, brain_mask(tissues)
+    """Tissue maps, subject and brain mask of benchmark case ``index`` (0-based), exactly as written.
+
+    The benchmark phantom shares the generator's subject and anatomy streams, so the package's
+    :func:`unisyn_v2.phantom.case_anatomy` rebuilds its heads (only its sessions and image streams differ).
+    """
+    anatomy = case_anatomy(PhantomSpec(config.seed, config.shape, config.voxel_size), index)
+    return anatomy.tissues, anatomy.subject, anatomy.mask
 
 
 def case_index(case_id: str) -> int:

@@ -1,15 +1,26 @@
-"""``unisyn_phantom``: write a raw phantom dataset ``<raw>/DatasetXXX_Name`` from the command line."""
+"""``unisyn_phantom`` writes a raw phantom dataset ``<raw>/DatasetXXX_Name``; ``unisyn_render_phantom``
+renders one of its cases at any protocol (noise-free ground truth for arbitrary metadata)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from unisyn_v2.cli.common import add_common_arguments, run_cli
+from unisyn_v2.dataset.image_io import write_image
+from unisyn_v2.metadata.modalities import get_modality
+from unisyn_v2.metadata.prompts import parse_prompt
 from unisyn_v2.paths import raw_dir
 
-from .generator import PHANTOM_MODALITIES, generate_phantom_dataset
+from .generator import PHANTOM_MODALITIES, PhantomSpec, generate_phantom_dataset
+from .protocols import DEFAULT_PROTOCOL_RANGES, PROTOCOL_RANGES
+from .render import PhantomCase, prompt_patch, read_phantom_spec
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--complete", action="store_true",
                         help="every case gets every modality (paired data) instead of a random availability pattern")
     parser.add_argument("--skull_strip", action="store_true", help="zero everything outside the brain mask")
+    parser.add_argument("--protocol_ranges", choices=sorted(PROTOCOL_RANGES), default=DEFAULT_PROTOCOL_RANGES,
+                        help="MR protocol range set: clinical (narrow, as sites scan; default) or wide (TE, TR, TI and "
+                             "flip angle over ranges where they change the contrast); see unisyn_v2.phantom.protocols")
     parser.add_argument("--tissue_maps", type=Path, default=None,
                         help="folder of tissue probability maps gm/wm/csf[.nii.gz] (+ optional ones) to use as anatomy")
     parser.add_argument("--output_dir", type=Path, default=None, help="output folder (default <raw>/Dataset{ID:03d}_{name})")
@@ -50,12 +64,132 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate_phantom_dataset(output, args.cases, args.seed, shape=tuple(args.shape), voxel_size_mm=tuple(args.voxel_size),
                                  modalities=args.modalities, skull_strip=args.skull_strip, tissue_maps_dir=args.tissue_maps, complete=args.complete,
-                                 overwrite=args.overwrite, name=args.name, num_processes=args.num_processes, progress=True)
+                                 overwrite=args.overwrite, name=args.name, num_processes=args.num_processes, progress=True,
+                                 protocol_ranges=args.protocol_ranges)
     except (FileExistsError, FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 2
     logger.info("dataset %s ready in %.1f s: %s", args.name, time.perf_counter() - started, output / "dataset.json")
     return 0
+
+
+_SPEC_OPTIONS = ("seed", "shape", "voxel_size", "modalities", "protocol_ranges", "skull_strip", "tissue_maps")
+
+
+def build_render_parser() -> argparse.ArgumentParser:
+    """Arguments of ``unisyn_render_phantom``."""
+    parser = argparse.ArgumentParser(
+        prog="unisyn_render_phantom",
+        description="Render one phantom case at any protocol: the same head, subject and scanner as case CASE of the "
+                    "dataset that --dataset (or --seed and the generation options) names, without noise unless --noise. "
+                    "Fields the protocol leaves out keep the case's own values.",
+        epilog='example: unisyn_render_phantom --seed 0 --case sub-003 --modality T2w --metadata \'{"echo_time": 200}\' '
+               "-o t2w_te200.nii.gz")
+    phantom = parser.add_argument_group("which phantom (--dataset, or --seed and the options it was generated with)")
+    phantom.add_argument("--dataset", type=Path, default=None,
+                         help="a dataset folder written by unisyn_phantom (reads its phantom.json)")
+    phantom.add_argument("--seed", type=int, default=None, help="the dataset's random seed")
+    phantom.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None, help="default 64 64 64")
+    phantom.add_argument("--voxel_size", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None, help="mm; default 3.2 3.2 3.2")
+    phantom.add_argument("--modalities", nargs="+", default=None,
+                         help="the modalities the dataset drew from (they fix each case's scanner session; default all)")
+    phantom.add_argument("--protocol_ranges", choices=sorted(PROTOCOL_RANGES), default=None,
+                         help=f"the dataset's protocol range set (default {DEFAULT_PROTOCOL_RANGES})")
+    phantom.add_argument("--skull_strip", action="store_true", default=None, help="the dataset was skull-stripped")
+    phantom.add_argument("--tissue_maps", type=Path, default=None, help="the tissue maps the dataset used as anatomy")
+    what = parser.add_argument_group("what to render")
+    what.add_argument("--case", required=True, help="case id (sub-003) or its number (3, counting from 1 as the ids do)")
+    what.add_argument("--modality", default=None, help="modality to render (taken from --prompt when given there)")
+    protocol = what.add_mutually_exclusive_group()
+    protocol.add_argument("--metadata", default=None,
+                          help="JSON object (or a .json file) of fields to change, e.g. '{\"echo_time\": 200}'; "
+                               "null removes a field ('\"inversion_time\": null' makes an MPRAGE a spoiled GRE)")
+    protocol.add_argument("--prompt", default=None, help="a structured prompt ('Modality: T2w; Scanner: 3.0 ...') stating the protocol")
+    what.add_argument("--noise", action="store_true", help="add the acquisition's noise and MR bias field, as in the dataset")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--output", type=Path, required=True, help="image file to write (.nii.gz)")
+    out.add_argument("--mask", type=Path, default=None, help="also write the case's brain mask here")
+    out.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_common_arguments(parser)
+    return parser
+
+
+def _spec_from_args(args: argparse.Namespace) -> PhantomSpec:
+    if args.dataset is not None:
+        given = [f"--{name}" for name in _SPEC_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--dataset fixes the phantom; drop {', '.join(given)}")
+        return read_phantom_spec(args.dataset)
+    if args.seed is None:
+        raise ValueError("say which phantom: --dataset <folder written by unisyn_phantom>, or --seed and its options")
+    optional: dict[str, Any] = {"shape": args.shape, "voxel_size": args.voxel_size, "protocol_ranges": args.protocol_ranges,
+                                "skull_strip": args.skull_strip, "tissue_maps_dir": args.tissue_maps,
+                                "modalities": None if args.modalities is None else tuple(args.modalities)}
+    return PhantomSpec(args.seed, **{k: v for k, v in optional.items() if v is not None})
+
+
+def _case_arg(text: str) -> int | str:
+    """``sub-003`` as given; a bare number counts from 1 like the case ids."""
+    text = text.strip()
+    if text.isdigit():
+        if int(text) < 1:
+            raise ValueError(f"--case numbers count from 1 like the case ids (got {text})")
+        return int(text) - 1
+    return text
+
+
+def _metadata_arg(text: str) -> dict[str, Any]:
+    """--metadata: a JSON object inline or in a file."""
+    source = "--metadata"
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"--metadata: {text!r} is neither a JSON object nor a file")
+        text, source = path.read_text(), str(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: must be a JSON object of metadata fields (got {type(data).__name__})")
+    return data
+
+
+def _render(args: argparse.Namespace) -> int:
+    outputs = [args.output] + ([args.mask] if args.mask is not None else [])
+    for path in outputs:
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    spec = _spec_from_args(args)
+    modality, patch = args.modality, None
+    if args.prompt is not None:
+        description = parse_prompt(args.prompt)
+        if modality is not None and get_modality(modality).name != description.modality:
+            raise ValueError(f"--modality {modality} contradicts the prompt's modality {description.modality}")
+        modality = description.modality
+        patch = prompt_patch(description.metadata, get_modality(modality).family)
+        if description.subject.to_dict():
+            logger.info("the prompt's subject fields are not used: the case's own subject is rendered")
+    elif args.metadata is not None:
+        patch = _metadata_arg(args.metadata)
+    if modality is None:
+        raise ValueError("say which modality: --modality, or a --prompt naming it")
+    started = time.perf_counter()
+    case = PhantomCase(spec, _case_arg(args.case))
+    metadata = case.metadata_for(modality, patch)
+    image = case.render(modality, patch, noise=args.noise)  # the patch: removals must not be refilled
+    write_image(args.output, image, case.geometry)
+    if args.mask is not None:
+        write_image(args.mask, case.anatomy.mask, case.geometry, dtype=np.uint8)
+    logger.info("case %s %s (%s, %s) in %.1f s -> %s; metadata %s", case.case_id, get_modality(modality).name,
+                "with noise" if args.noise else "noise-free", f"protocol ranges {spec.protocol_ranges}",
+                time.perf_counter() - started, args.output, json.dumps(metadata.to_dict()))
+    return 0
+
+
+def render_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``unisyn_render_phantom``; exit 2 with one error line for bad input."""
+    return run_cli(_render, build_render_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,30 +1,35 @@
 """Write a raw phantom dataset: cases with random modality subsets, brain masks and dataset.json.
 
 Every case draws from its own random streams (subject, anatomy, session, one per modality), keyed by
-the seed and the case index, so a case is the same whatever other cases or modalities are requested.
+the seed and the case index, so a case is the same whatever other cases are requested, and
+:class:`PhantomSpec` (written as phantom.json) is all it takes to rebuild and re-render any case.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unisyn_v2.io_utils import write_json_atomic
+from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.parallel import map_cases
 
 from .anatomy import brain_mask, simulate_subject
-from .protocols import FIELD_STRENGTHS, MANUFACTURERS, MR_MODELS, PET_MODELS, draw_protocol
+from .protocols import (
+    DEFAULT_PROTOCOL_RANGES, FIELD_STRENGTHS, MANUFACTURERS, MR_MODELS, PET_MODELS, draw_protocol, get_protocol_ranges,
+)
 from .simulate import simulate_image
 from .tissue_maps import VolumeGeometry, load_tissue_maps, write_nifti
-from .tissues import draw_subject
+from .tissues import PhantomSubject, draw_subject
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +48,80 @@ EXTRA_MODALITY_PROBABILITY = 0.04
 _SESSION_STREAM, _SUBJECT_STREAM, _ANATOMY_STREAM, _IMAGE_STREAM = 0, 1, 2, 100
 
 
+SPEC_FILE = "phantom.json"  # beside dataset.json: the settings that rebuild every case (unisyn_render_phantom)
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """What fixes every case of a phantom dataset, so that case i can be rebuilt and rendered at any protocol.
+
+    ``shape`` is (z, y, x) voxels and ``voxel_size`` (x, y, z) mm (tissue maps replace both);
+    ``modalities`` are the ones cases draw from (they steer each case's random availability pattern and
+    with it the scanner session); ``protocol_ranges`` names the MR range set
+    (:data:`unisyn_v2.phantom.protocols.PROTOCOL_RANGES`). The number of cases is not part of it: case i
+    is the same in a dataset of 5 or of 500 cases.
+    """
+
+    seed: int
+    shape: tuple[int, int, int] = (64, 64, 64)
+    voxel_size: tuple[float, float, float] = (3.2, 3.2, 3.2)
+    modalities: tuple[str, ...] = PHANTOM_MODALITIES
+    protocol_ranges: str = DEFAULT_PROTOCOL_RANGES
+    skull_strip: bool = False
+    tissue_maps_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(s) for s in self.shape)
+        voxel_size = tuple(float(v) for v in self.voxel_size)
+        if len(shape) != 3 or min(shape) < 8:
+            raise ValueError(f"shape must be three sizes of at least 8 voxels (got {self.shape})")
+        if len(voxel_size) != 3 or min(voxel_size) <= 0.0:
+            raise ValueError(f"voxel_size_mm must be three positive sizes in mm (got {self.voxel_size})")
+        get_protocol_ranges(self.protocol_ranges)
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "voxel_size", voxel_size)
+        object.__setattr__(self, "modalities", _validated_modalities(None if self.modalities is None else tuple(self.modalities)))
+        object.__setattr__(self, "skull_strip", bool(self.skull_strip))
+        if self.tissue_maps_dir is not None:
+            object.__setattr__(self, "tissue_maps_dir", Path(self.tissue_maps_dir).resolve())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what ``phantom.json`` holds)."""
+        return {"seed": self.seed, "shape": list(self.shape), "voxel_size": list(self.voxel_size),
+                "modalities": list(self.modalities), "protocol_ranges": self.protocol_ranges,
+                "skull_strip": self.skull_strip,
+                "tissue_maps_dir": None if self.tissue_maps_dir is None else str(self.tissue_maps_dir)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = SPEC_FILE) -> "PhantomSpec":
+        """Parse :meth:`to_dict`'s form; unknown or missing keys are errors naming ``where``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or "seed" not in data or set(data) - known:
+            raise ValueError(f"{where}: expected an object with 'seed' and only {', '.join(sorted(known))}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: {error}") from None
+
+
+@dataclass(frozen=True)
+class PhantomAnatomy:
+    """A case's head: fractional tissue maps, the subject's physical parameters, brain mask and grid."""
+
+    tissues: dict[str, np.ndarray]
+    subject: PhantomSubject
+    mask: np.ndarray
+    geometry: VolumeGeometry
+
+
 @dataclass(frozen=True)
 class _Context:
     """Everything a worker needs to write one case."""
 
     output_dir: Path
-    seed: int
     num_cases: int
-    shape: tuple[int, int, int]
-    voxel_size: tuple[float, float, float]
-    modalities: tuple[str, ...]
-    skull_strip: bool
-    tissue_maps_dir: Path | None
+    spec: PhantomSpec
     complete: bool = False
 
 
@@ -93,38 +160,70 @@ def _cached_maps(directory: Path) -> list[tuple[dict[str, np.ndarray], VolumeGeo
     return load_tissue_maps(directory)
 
 
-def _write_case(context: _Context, case_index: int) -> dict[str, Any]:
-    """Simulate and write one case; returns its dataset.json entry."""
-    width = max(3, len(str(context.num_cases)))
-    case_id = f"sub-{case_index + 1:0{width}d}"
-    subject = draw_subject(case_rng(context.seed, case_index, _SUBJECT_STREAM))
-    if context.tissue_maps_dir is not None:
-        sets = _cached_maps(context.tissue_maps_dir)
+def case_anatomy(spec: PhantomSpec, case_index: int) -> PhantomAnatomy:
+    """The head of case ``case_index`` (0-based): its own subject and anatomy streams, or tissue maps."""
+    subject = draw_subject(case_rng(spec.seed, case_index, _SUBJECT_STREAM))
+    if spec.tissue_maps_dir is not None:
+        sets = _cached_maps(spec.tissue_maps_dir)
         tissues, geometry = sets[case_index % len(sets)]
     else:
-        tissues = simulate_subject(case_rng(context.seed, case_index, _ANATOMY_STREAM), context.shape,
-                                   context.voxel_size, subject=subject)
-        geometry = VolumeGeometry.centred(context.shape, context.voxel_size)
-    mask = brain_mask(tissues)
-    session_rng = case_rng(context.seed, case_index, _SESSION_STREAM)
-    modalities = choose_modalities(session_rng, context.modalities)
+        tissues = simulate_subject(case_rng(spec.seed, case_index, _ANATOMY_STREAM), spec.shape, spec.voxel_size,
+                                   subject=subject)
+        geometry = VolumeGeometry.centred(spec.shape, spec.voxel_size)
+    return PhantomAnatomy(tissues, subject, brain_mask(tissues), geometry)
+
+
+def case_session(spec: PhantomSpec, case_index: int) -> tuple[list[str], dict[ModalityFamily, dict[str, Any]]]:
+    """The modalities case ``case_index`` has (random availability pattern) and its scanners per family."""
+    rng = case_rng(spec.seed, case_index, _SESSION_STREAM)
+    modalities = choose_modalities(rng, spec.modalities)
+    return modalities, _session(rng)
+
+
+def image_stream(spec: PhantomSpec, anatomy: PhantomAnatomy, case_index: int, modality: str,
+                 session: dict[ModalityFamily, dict[str, Any]]) -> tuple[ImageMetadata, np.random.Generator]:
+    """The case's own protocol of ``modality`` and its image stream, left where the simulation draws next.
+
+    Every modality has its own stream whether or not the case has that image, so this is also the
+    protocol a case would have had; simulating from the returned stream reproduces the written image.
+    """
+    name = get_modality(modality).name
+    if name not in PHANTOM_MODALITIES:
+        raise ValueError(f"the phantom cannot simulate {name}; it simulates {', '.join(PHANTOM_MODALITIES)}")
+    rng = case_rng(spec.seed, case_index, _IMAGE_STREAM + PHANTOM_MODALITIES.index(name))
+    metadata = draw_protocol(name, rng, voxel_size=anatomy.geometry.spacing, ranges=spec.protocol_ranges,
+                             **session[get_modality(name).family])
+    return metadata, rng
+
+
+def render_image(spec: PhantomSpec, anatomy: PhantomAnatomy, modality: str, metadata: ImageMetadata,
+                 rng: np.random.Generator, *, noise: bool = True, bias: bool = True, blur: bool = True) -> np.ndarray:
+    """Simulate one image of a case (float32, (z, y, x)), skull-stripped as the spec says."""
+    image = simulate_image(modality, anatomy.tissues, metadata, anatomy.subject, rng, noise=noise, bias=bias, blur=blur)
+    if spec.skull_strip:  # as the papers' preprocessing: CT background at the window floor
+        image[anatomy.mask == 0] = -1024.0 if get_modality(modality).family is ModalityFamily.CT else 0.0
+    return image.astype(np.float32)
+
+
+def _write_case(context: _Context, case_index: int) -> dict[str, Any]:
+    """Simulate and write one case; returns its dataset.json entry."""
+    spec = context.spec
+    width = max(3, len(str(context.num_cases)))
+    case_id = f"sub-{case_index + 1:0{width}d}"
+    anatomy = case_anatomy(spec, case_index)
+    modalities, session = case_session(spec, case_index)
     if context.complete:  # drawn anyway, so the other random streams are the same as without ``complete``
-        modalities = list(context.modalities)
-    session = _session(session_rng)
+        modalities = list(spec.modalities)
     folder = context.output_dir / case_id
-    write_nifti(mask, geometry, folder / f"{case_id}_brainmask.nii.gz")
+    write_nifti(anatomy.mask, anatomy.geometry, folder / f"{case_id}_brainmask.nii.gz")
     images = []
     for name in modalities:
-        modality = get_modality(name)
-        rng = case_rng(context.seed, case_index, _IMAGE_STREAM + PHANTOM_MODALITIES.index(name))
-        metadata = draw_protocol(name, rng, voxel_size=geometry.spacing, **session[modality.family])
-        image = simulate_image(name, tissues, metadata, subject, rng)
-        if context.skull_strip:  # as the papers' preprocessing: CT background at the window floor
-            image[mask == 0] = -1024.0 if modality.family is ModalityFamily.CT else 0.0
+        metadata, rng = image_stream(spec, anatomy, case_index, name, session)
+        image = render_image(spec, anatomy, name, metadata, rng)
         relative = f"{case_id}/{case_id}_{name}.nii.gz"
-        write_nifti(image.astype(np.float32), geometry, context.output_dir / relative)
+        write_nifti(image, anatomy.geometry, context.output_dir / relative)
         images.append({"file": relative, "modality": name, "metadata": metadata.to_dict()})
-    return {"id": case_id, "subject": subject.metadata().to_dict(),
+    return {"id": case_id, "subject": anatomy.subject.metadata().to_dict(),
             "brain_mask": f"{case_id}/{case_id}_brainmask.nii.gz", "images": images}
 
 
@@ -145,41 +244,40 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
                              voxel_size_mm: tuple[float, float, float] = (3.2, 3.2, 3.2),
                              modalities: Sequence[str] | None = None, skull_strip: bool = False,
                              tissue_maps_dir: Path | None = None, overwrite: bool = False, name: str = "Phantom",
-                             num_processes: int = 1, progress: bool = False, complete: bool = False) -> Path:
-    """Write a raw dataset folder (images, brain masks, dataset.json) and return it.
+                             num_processes: int = 1, progress: bool = False, complete: bool = False,
+                             protocol_ranges: str = DEFAULT_PROTOCOL_RANGES) -> Path:
+    """Write a raw dataset folder (images, brain masks, dataset.json, phantom.json) and return it.
 
     ``shape`` is (z, y, x) voxels and ``voxel_size_mm`` (x, y, z); with ``tissue_maps_dir`` the maps fix
     both. ``complete`` gives every case every allowed modality (paired data, e.g. for the demo and
-    benchmarks) instead of a random clinical availability pattern. An existing non-empty ``output_dir`` is refused unless ``overwrite``; overwriting replaces only
-    the files this function writes and deletes nothing.
+    benchmarks) instead of a random clinical availability pattern. ``protocol_ranges`` names the MR
+    protocol range set (``clinical``, the default, or ``wide``; see
+    :data:`unisyn_v2.phantom.protocols.PROTOCOL_RANGES`). ``phantom.json`` records the settings that
+    rebuild any case (:func:`unisyn_v2.phantom.render_subject`). An existing non-empty ``output_dir`` is
+    refused unless ``overwrite``; overwriting replaces only the files this function writes and deletes nothing.
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1 (got {num_cases})")
-    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
-    voxel_size = tuple(float(v) for v in voxel_size_mm)
-    if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"shape must be three sizes of at least 8 voxels (got {shape})")
-    if len(voxel_size) != 3 or min(voxel_size) <= 0.0:
-        raise ValueError(f"voxel_size_mm must be three positive sizes in mm (got {voxel_size_mm})")
-    allowed = _validated_modalities(modalities)
+    spec = PhantomSpec(seed, shape, voxel_size_mm, PHANTOM_MODALITIES if modalities is None else tuple(modalities),
+                       protocol_ranges, skull_strip, tissue_maps_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True")
-    maps_dir = None if tissue_maps_dir is None else Path(tissue_maps_dir).resolve()
+    maps_dir = spec.tissue_maps_dir
     if maps_dir is not None:
         _cached_maps(maps_dir)  # fail before writing anything if the maps are unusable
         logger.info("anatomy from tissue maps in %s; their grid replaces shape and voxel_size_mm", maps_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    context = _Context(output_dir, int(seed), int(num_cases), shape, voxel_size,  # type: ignore[arg-type]
-                       allowed, skull_strip, maps_dir, complete)
+    context = _Context(output_dir, int(num_cases), spec, complete)
     cases = map_cases(_write_case, context, list(range(num_cases)), num_processes, progress, "phantom")
     anatomy = (f"tissue maps from {maps_dir}" if maps_dir is not None
-               else f"shape {list(shape)} (z, y, x), voxel size {list(voxel_size)} mm (x, y, z)")
-    description = (f"Physics-based multi-modal brain phantom (unisyn_v2.phantom): seed {seed}, {anatomy}"
-                   + (", skull-stripped." if skull_strip else "."))
+               else f"shape {list(spec.shape)} (z, y, x), voxel size {list(spec.voxel_size)} mm (x, y, z)")
+    description = (f"Physics-based multi-modal brain phantom (unisyn_v2.phantom): seed {seed}, {anatomy}, "
+                   f"protocol ranges {spec.protocol_ranges}" + (", skull-stripped." if skull_strip else "."))
     dataset = {"name": name, "description": description, "reference": "unisyn_v2.phantom", "licence": "CC0-1.0",
                "cases": cases}
+    write_json_atomic(output_dir / SPEC_FILE, spec.to_dict())
     write_json_atomic(output_dir / "dataset.json", dataset)
     n_images = sum(len(c["images"]) for c in cases)
     logger.info("wrote %d cases (%d images) to %s in %.1f s", len(cases), n_images, output_dir,
