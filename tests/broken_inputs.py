@@ -150,6 +150,41 @@ def _write(name: str, content: bytes | str) -> Breaker:
     return lambda root: (root / name).write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
+# -------------------------------------------- hostile datasets of issue 18 (part C): verification
+CT = "case_000/case_000_CT.nii.gz"
+PET = "case_000/case_000_FDG-PET.nii.gz"
+
+
+def _metadata(index: int, **update: Any) -> Breaker:
+    return edit_json(lambda data: data["cases"][0]["images"][index]["metadata"].update(update))
+
+
+def _one_voxel_mask(root: Path) -> None:
+    mask = np.zeros(nibabel.load(str(root / MASK)).shape, np.uint8)
+    mask[8, 8, 8] = 1
+    rewrite_nifti(root / MASK, mask, np.uint8)
+
+
+def _negative_pixdim_sign(root: Path) -> None:
+    """pixdim[1] = -2 mm (the sform unchanged): SimpleITK reads an x flip the other images do not have."""
+    data = gzip.decompress((root / T1).read_bytes())
+    pixdim = struct.unpack("<3f", data[80:92])
+    (root / T1).write_bytes(gzip.compress(data[:80] + struct.pack("<3f", -pixdim[0], *pixdim[1:]) + data[92:]))
+
+
+def _text_edit(old: str, new: str) -> Breaker:
+    def change(root: Path) -> None:
+        text = (root / "dataset.json").read_text()
+        assert old in text, old
+        (root / "dataset.json").write_text(text.replace(old, new, 1))
+    return change
+
+
+def _second_case(**update: Any) -> Breaker:
+    return edit_json(lambda data: data["cases"][1].update(update))
+
+
+
 # ----------------------------------------------- the raw-dataset corpus
 # Run through unisyn_verify_dataset and unisyn_plan_and_preprocess on a 2-case 16^3 blob dataset (id 1).
 RAW_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
@@ -193,6 +228,59 @@ RAW_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
     "dataset_json_invalid": (_write("dataset.json", '{"cases": ['), ("dataset.json", "invalid JSON")),
     "path_escaping_dataset": (edit_json(lambda d: _image(d, file="../../outside.nii.gz")), ("field file", "escapes the folder")),
     "symlink_escaping_dataset": (_symlink_out, ("case_000/link.nii.gz", "escapes the folder")),
+    # issue 18, failure 4: times in seconds in dataset.json (ms expected), one file under two modalities
+    "metadata_times_in_seconds": (_metadata(0, repetition_time=2.3, echo_time=0.0023, inversion_time=0.9),
+                                  ("case case_000", T1, "field metadata.repetition_time", "2.3 looks like seconds", "write 2300")),
+    "echo_time_in_seconds": (_metadata(0, echo_time=0.0023), (T1, "field metadata.echo_time", "looks like seconds", "write 2.3")),
+    "one_file_under_two_modalities": (edit_json(lambda d: d["cases"][0]["images"][1].update(file=T1)),
+                                      ("case case_000", T1, "field file", "same file as", "listed as CT and as T1w")),
+    "same_content_under_two_modalities": (lambda root: (root / CT).write_bytes((root / T1).read_bytes()),
+                                          ("case case_000", CT, "same content as " + T1)),
+    "brain_mask_listed_as_an_image": (edit_json(lambda d: d["cases"][0].update(brain_mask=T1)), (T1, "same file as", "brain mask")),
+    "one_image_in_two_cases": (_second_case(images=[{"file": T1, "modality": "T1w"}, {"file": "case_001/case_001_CT.nii.gz",
+                                                                                      "modality": "CT"}]),
+                               ("case case_001", T1, "is also an image of case case_000")),
+    # implausible values per field, with the value in the right unit where a unit slip explains them
+    "flip_angle_zero": (_metadata(0, flip_angle=0.0), ("field metadata.flip_angle", "must be within (0, 180] degrees")),
+    "flip_angle_in_radians": (_metadata(0, flip_angle=0.14), ("field metadata.flip_angle", "looks like radians", "write 8.02")),
+    "field_strength_in_millitesla": (_metadata(0, field_strength=3000.0), ("field metadata.field_strength", "looks like mT", "write 3 (T)")),
+    "kvp_in_volts": (_metadata(1, kvp=120000.0), (CT, "field metadata.kvp", "looks like V", "write 120 (kV)")),
+    "injected_dose_in_becquerel": (_metadata(2, injected_dose=2.5e8), (PET, "field metadata.injected_dose", "write 250 (MBq)")),
+    "uptake_time_in_seconds": (_metadata(2, uptake_time=2700.0), (PET, "field metadata.uptake_time", "write 45 (min)")),
+    "age_negative": (edit_json(lambda d: d["cases"][0]["subject"].update(age=-5)), ("case case_000", "field subject", "age", "got -5")),
+    "age_in_months": (edit_json(lambda d: d["cases"][0]["subject"].update(age=852)), ("field subject", "looks like months", "write 71")),
+    "sex_x": (edit_json(lambda d: d["cases"][0]["subject"].update(sex="X")), ("case case_000", "subject.sex", "must be M or F")),
+    # images that normalisation cannot use: caught before any plan or split is written
+    "constant_mri_image": (lambda root: rewrite_nifti(root / T1, np.full((16, 16, 16), 100.0, np.float32), np.float32),
+                           ("case case_000", T1, "field intensities", "constant (p0.5 = p99.5 = 100)", "brain mask")),
+    "brain_mask_of_one_voxel": (_one_voxel_mask, ("case case_000", T1, "inside the brain mask (1 voxel(s)) are constant")),
+    "brain_mask_empty": (lambda root: rewrite_nifti(root / MASK, np.zeros((16, 16, 16), np.uint8), np.uint8),
+                         (MASK, "all zeros")),
+    "voxel_of_3e38": (_float_with(3e38), ("case case_000", T1, "field intensities", "3e+38", "(x, y, z) = (3, 4, 5)")),
+    "voxel_of_minus_1e12": (_float_with(-1e12), (T1, "beyond +-1e+10", "-1e+12")),
+    "image_zero_size_dimension": (lambda root: nibabel.save(nibabel.Nifti1Image(np.zeros((16, 16, 0), np.float32), np.eye(4)),
+                                                            str(root / T1)), (T1, "field file", "empty or flat")),
+    "negative_voxel_size_in_header": (_negative_pixdim_sign, ("case case_000", T1, "field geometry", "direction")),
+    "negative_voxel_size_disagreeing_with_sform": (lambda root: rewrite_nifti(root / T1, pixdim=(-1.0, 1.0, 1.0)),
+                                                   ("case case_000", T1, "field geometry", "geometry differs from " + CT)),
+    # sidecars and dataset.json text
+    "sidecar_nan": (_sidecar('{"EchoTime": NaN}', drop="echo_time"), ("case_000_T1w.json.EchoTime", "must be finite")),
+    "sidecar_dose_not_a_number": (lambda root: (root / PET.replace(".nii.gz", ".json")).write_text('{"InjectedRadioactivity": "lots"}'),
+                                  (PET, "InjectedRadioactivity", "must be a number")),
+    "dataset_json_trailing_comma": (_text_edit('"flip_angle": 8.0', '"flip_angle": 8.0,'), ("dataset.json", "invalid JSON", "line")),
+    "dataset_json_duplicated_key": (_text_edit('"flip_angle": 8.0', '"flip_angle": 8.0, "flip_angle": 80.0'),
+                                    ("dataset.json", "key 'flip_angle' appears twice", "remove one")),
+    "dataset_json_latin1": (lambda root: (root / "dataset.json").write_bytes(
+        (root / "dataset.json").read_text().replace('"cases"', '"description": "M\u00fcnchen", "cases"').encode("latin-1")),
+        ("dataset.json", "not UTF-8 text", "save it as UTF-8")),
+    # case ids become file names
+    "case_id_with_backslash": (edit_json(lambda d: d["cases"][0].update(id="sub\\01")), ("case #0", "field id", "usable in file names")),
+    "case_id_with_line_break": (edit_json(lambda d: d["cases"][0].update(id="sub\n01")), ("field id", "control characters")),
+    "case_id_dot_dot": (edit_json(lambda d: d["cases"][0].update(id="..")), ("field id", "'.' and '..'")),
+    "case_id_too_long": (edit_json(lambda d: d["cases"][0].update(id="s" * 201)), ("field id", "longer than 200 bytes")),
+    "case_ids_differ_in_letter_case": (_second_case(id="CASE_000"), ("case CASE_000", "differ only in letter case")),
+    "case_id_is_another_case_mask": (_second_case(id="case_000_mask"), ("case case_000_mask", "preprocessed brain mask of case 'case_000'")),
+    "modality_with_spaces": (edit_json(lambda d: _image(d, modality=" T1w ")), ("field modality", "unknown modality ' T1w '")),
 }
 # (dataset argument, breaker of the raw folder, expected): the -d value itself is wrong.
 ID_CASES: dict[str, tuple[str, Breaker, tuple[str, ...]]] = {

@@ -163,6 +163,8 @@ PREDICT_CASES = {  # name: (break the inputs, --target, expected)
     "source_without_modality": (lambda p: (p["in"] / "sub-00_T1w.nii.gz").rename(p["in"] / "patient.nii.gz"), "CT",
                                 ("patient.nii.gz", "cannot tell its modality", "--source")),
     "input_dataset_json_unknown_key": (_broken_input_dataset, "CT", ("dataset.json", "field colour", "unknown top-level key")),
+    "source_constant_image": (lambda p: write_case_image(p["in"] / "sub-00_T1w.nii.gz", np.full((12, 16, 16), 100.0, np.float32)),
+                              "CT", ("case sub-00", "sub-00_T1w.nii.gz", "(T1w)", "percentiles", "coincide")),
 }
 
 
