@@ -370,3 +370,97 @@ def damage_member(path: Path, marker: bytes) -> None:
     index = data.index(marker)
     data[index] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# --------------------------------------------- hostile model zips (issue 18, part A)
+MODEL_DIR = "Dataset001_Stand/GFMTrainer__unisynPlans__3d"
+MODEL_MANIFEST = "unisyn_model_manifest.txt"
+PAYLOAD_PY = b"import os, pathlib\npathlib.Path(os.environ['UNISYN_TEST_MARKER']).write_text('pwned')\n" \
+             b"from unisyn_v2.training.gfm_trainer import GFMTrainer\n"
+
+
+def model_trainer_json(plans: Any, **update: Any) -> dict[str, Any]:
+    """A valid trainer.json of a one-hot GFM model for ``plans`` (a Plans), with ``update`` applied."""
+    info = {"trainer_class": "unisyn_v2.training.gfm_trainer:GFMTrainer", "trainer_name": "gfm",
+            "dataset_name": plans.dataset_name, "plans_name": plans.plans_name, "configuration": "3d",
+            "network": {"kind": "gfm", "kwargs": {}},
+            "conditioning": {"kind": "onehot", "text_dim": len(plans.modalities), "modalities": list(plans.modalities)},
+            "is_slab": False, "patch_size": [8, 16, 16], "mirror_axes": [0, 1, 2], "modalities": list(plans.modalities),
+            "typical_metadata": plans.typical_metadata, "tasks": None, "task_filter": None}
+    info.update(update)
+    return info
+
+
+def model_zip_entries(folder: str = MODEL_DIR, trainer: dict[str, Any] | None = None,
+                      plans: Callable[[dict], Any] | None = None, extra: dict[str, bytes] | None = None,
+                      unlisted: dict[str, bytes] | None = None, manifest: bool = True) -> dict[str, bytes]:
+    """The entries (name -> bytes) of a valid model zip as unisyn_export_model writes it, manifest last.
+
+    ``trainer`` updates trainer.json, ``plans`` edits the plans dict in place, ``extra`` adds members that
+    the manifest lists, ``unlisted`` members that it does not; ``manifest=False`` leaves it out.
+    """
+    from test_predictor_support import make_plans
+
+    plan = make_plans()
+    plans_dict = plan.to_dict()
+    if plans is not None:
+        plans(plans_dict)
+    entries = {f"{folder}/plans.json": json.dumps(plans_dict).encode(),
+               f"{folder}/trainer.json": json.dumps(model_trainer_json(plan, **(trainer or {}))).encode(),
+               f"{folder}/fold_0/checkpoint_final.pth": b"WEIGHTS" * 20}
+    entries.update(extra or {})
+    listing = "".join(f"{name}\n" for name in entries)
+    entries.update(unlisted or {})
+    if manifest:
+        entries[MODEL_MANIFEST] = listing.encode()
+    return entries
+
+
+def write_tweaked_zip(path: Path, entries: dict[str, bytes], tweak: Callable[[zipfile.ZipInfo], Any] | None = None,
+                      deflate: bool = False, duplicate: str | None = None) -> Path:
+    """A zip of ``entries`` whose ZipInfos ``tweak`` may alter (mode bits, flags); ``duplicate`` is written twice."""
+    import warnings
+
+    with zipfile.ZipFile(path, "w") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Duplicate name": wanted here
+        for name, data in list(entries.items()) + ([(duplicate, entries[duplicate])] if duplicate else []):
+            info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            info.external_attr = 0o100644 << 16
+            if tweak is not None:
+                tweak(info)
+            archive.writestr(info, data)
+    return path
+
+
+def _central_entry(data: bytearray, member: str) -> int:
+    entry, name = data.index(b"PK\x01\x02"), member.encode()  # the first central-directory entry
+    while data[entry + 46: entry + 46 + len(name)] != name:
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    return entry
+
+
+def understate_size(path: Path, member: str, size: int) -> None:
+    """Patch the central directory so ``member`` declares ``size`` uncompressed bytes (a lying header)."""
+    data = bytearray(path.read_bytes())
+    entry = _central_entry(data, member)
+    data[entry + 24: entry + 28] = struct.pack("<I", size)
+    path.write_bytes(bytes(data))
+
+
+def flag_encrypted(path: Path, member: str) -> None:
+    """Set the 'encrypted' bit of ``member`` in the central directory (zipfile cannot write encrypted members)."""
+    data = bytearray(path.read_bytes())
+    entry = _central_entry(data, member)
+    data[entry + 8] |= 0x01
+    path.write_bytes(bytes(data))
+
+
+class PicklePayload:
+    """Unpickling this creates ``marker``: what a checkpoint carrying code would do (with worse code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Path.touch, (self.marker,)

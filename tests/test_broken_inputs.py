@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,9 @@ import pytest
 from broken_inputs import (
     ID_CASES, RAW_CASES, T1, JsonFullDisk, NumpyFullDisk, SitkFullDisk, SitkShortWrite, assert_clean_error, damage_member,
     files_under, temp_files, tree_digest, write_zip,
+)
+from broken_inputs import (
+    MODEL_DIR, PAYLOAD_PY, PicklePayload, flag_encrypted, model_zip_entries, understate_size, write_tweaked_zip,
 )
 from raw_fixtures import write_blob_dataset
 from test_predictor_support import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
@@ -364,6 +368,38 @@ def _replace_plans_field(path: Path, field: str, value: object) -> None:
     path.write_text(json.dumps(data))
 
 
+def _edit_plans(change: Callable[[dict], Any], in_model: bool = False) -> Callable[[Any], None]:
+    """A breaker applying ``change(plans dict)`` to the toy's preprocessed plans, or (``in_model``) to a model's plans.json."""
+    def apply(where: Any) -> None:
+        path = where / "plans.json" if in_model else where["preprocessed"] / DATASET_NAME / "unisynPlans.json"
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+    return apply
+
+
+def _latest_truncated_beside_best(folder: Path) -> None:
+    """A run killed mid-training whose checkpoint_latest.pth was then damaged: latest (truncated) and best, no final."""
+    final = folder / "fold_0" / "checkpoint_final.pth"
+    shutil.copy(final, folder / "fold_0" / "checkpoint_best.pth")
+    (folder / "fold_0" / "checkpoint_latest.pth").write_bytes(final.read_bytes()[:5000])
+    final.unlink()
+
+
+def _checkpoint_with_code(model: Path) -> None:
+    import torch
+
+    path = model / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "extra": {"note": PicklePayload(model / "pwned")}}, path)  # a marker inside: the digest shows it
+
+
+def _trainer_json(model: Path, **update: object) -> None:
+    info = json.loads((model / "trainer.json").read_text())
+    info.update(update)
+    (model / "trainer.json").write_text(json.dumps(info))
+
+
 TRAIN_ARGS = ["902", "crossattn", "0", "--epochs", "1", "--iterations_per_epoch", "1", "--num_workers", "0",
               "--no_final_validation", "--device", "cpu"]
 TRAIN_CASES = {  # name: (break the folders, extra arguments, expected)
@@ -379,6 +415,22 @@ TRAIN_CASES = {  # name: (break the folders, extra arguments, expected)
                                    ["--pretrained_weights", "{gfm}"], ("checkpoint_final.pth", "damaged or incomplete", "copy it again")),
     "continue_from_another_trainers_checkpoint": (lambda t: shutil.copy(t["gfm"], t["cross"] / "fold_0" / "checkpoint_final.pth"),
                                                   ["--c"], ("does not fit", "GFMTrainer", "same trainer")),
+    # issue 18, part A: absurd plans are refused on load, naming the file and field; a damaged latest offers the fallback
+    "plans_absurd_patch_size": (_edit_plans(lambda d: [c.update(patch_size=[10**6] * 3) for c in d["configurations"].values()]), [],
+                                ("unisynPlans.json.configurations.", ".patch_size", "not a usable patch size")),
+    "plans_batch_size_zero": (_edit_plans(lambda d: [c.update(batch_size=0) for c in d["configurations"].values()]), [],
+                              ("unisynPlans.json.configurations.", ".batch_size", "out of range")),
+    "plans_nan_spacing": (_edit_plans(lambda d: d.update(target_spacing_zyx=[float("nan"), 2.0, 2.0])), [],
+                          ("unisynPlans.json.target_spacing_zyx[0]", "must be a finite number")),
+    "plans_negative_voxel_spacing": (_edit_plans(lambda d: [c.update(spacing_zyx=[2.0, -2.0, 2.0]) for c in d["configurations"].values()]),
+                                     [], ("unisynPlans.json.configurations.", ".spacing_zyx[1]", "must be positive")),
+    "plans_data_identifier_escapes": (_edit_plans(lambda d: [c.update(data_identifier="../../elsewhere") for c in d["configurations"].values()]),
+                                      [], ("unisynPlans.json.configurations.", ".data_identifier", "plain folder name")),
+    "plans_patch_with_two_axes": (_edit_plans(lambda d: [c.update(patch_size=[16, 16]) for c in d["configurations"].values()]), [],
+                                  (".patch_size", "must have 3 entries")),
+    "truncated_latest_checkpoint_offers_fallback": (lambda t: _latest_truncated_beside_best(t["cross"]), ["--c"],
+                                                    ("checkpoint_latest.pth", "damaged or incomplete", "also holds checkpoint_best.pth",
+                                                     "--c --resume_from checkpoint_best.pth", "--chk checkpoint_best.pth")),
 }
 
 
@@ -413,6 +465,19 @@ MODEL_CASES = {  # name: (model folder, break it, --target, expected)
     "truncated_checkpoint": (GFM, lambda m: (m / "fold_0" / "checkpoint_final.pth").write_bytes(
         (m / "fold_0" / "checkpoint_final.pth").read_bytes()[:5000]), "CT",
         ("cannot read checkpoint", "checkpoint_final.pth", "damaged or incomplete")),
+    # issue 18, part A
+    "truncated_checkpoint_with_best_beside": (GFM, lambda m: (shutil.copy(m / "fold_0" / "checkpoint_final.pth",
+                                                                          m / "fold_0" / "checkpoint_best.pth"),
+                                                              (m / "fold_0" / "checkpoint_final.pth").write_bytes(b"PK\x03\x04")), "CT",
+                                              ("checkpoint_final.pth", "damaged or incomplete", "--chk checkpoint_best.pth")),
+    "model_plans_absurd_patch_size": (GFM, _edit_plans(lambda d: d["configurations"]["2.5d"].update(patch_size=[10**6] * 3), in_model=True), "CT",
+                                      ("plans.json.configurations.2.5d.patch_size", "not a usable patch size")),
+    "checkpoint_with_pickled_code": (GFM, _checkpoint_with_code, "CT", ("refusing to load checkpoint", "checkpoint_final.pth",
+                                                                       "could run code")),
+    "trainer_json_names_a_dotted_path": (GFM, lambda m: _trainer_json(m, trainer_class="os:GFMTrainer"), "CT",
+                                         ("trainer.json: field trainer_class", "'os:GFMTrainer' is not a registered trainer")),
+    "trainer_json_conditioning_not_an_object": (GFM, lambda m: _trainer_json(m, conditioning="text"), "CT",
+                                                ("trainer.json: field conditioning", "must be an object")),
 }
 
 
@@ -462,8 +527,7 @@ def test_broken_evaluation_input(name: str, tmp_path: Path, capsys) -> None:
 
 
 # --------------------------------------------------------------- model install
-MODEL_FILES = {"Dataset001_Stand/GFMTrainer__unisynPlans__3d/plans.json": b"{}",
-               "Dataset001_Stand/GFMTrainer__unisynPlans__3d/fold_0/checkpoint_final.pth": b"WEIGHTS" * 20}
+MODEL_FILES = model_zip_entries()  # a valid model (plans, trainer.json, a checkpoint, the manifest)
 INSTALL_CASES = {  # name: (make the archive, extra arguments, expected)
     "zip_random_bytes": (lambda path: path.write_bytes(b"\x13\x37" * 300), [], ("model.zip", "not a readable zip file")),
     "zip_slip_entry": (lambda path: write_zip(path, {"../../evil.txt": b"x", **MODEL_FILES}), [], ("'../../evil.txt'", "would escape")),
@@ -471,6 +535,60 @@ INSTALL_CASES = {  # name: (make the archive, extra arguments, expected)
     "model_already_installed": (lambda path: write_zip(path, MODEL_FILES), [], ("GFMTrainer__unisynPlans__3d exists", "--overwrite")),
     "zip_damaged_member_over_existing_model": (lambda path: (write_zip(path, MODEL_FILES), damage_member(path, b"WEIGHTSWEIGHTS")),
                                                ["--overwrite"], ("model.zip", "damaged zip file", "export the model again")),
+    # issue 18, part A: a model zip is data, never code, and is checked before anything is installed
+    "zip_with_python_payload": (lambda path: write_zip(path, model_zip_entries(extra={f"{MODEL_DIR}/payload.py": PAYLOAD_PY})),
+                                ["--overwrite"], ("model.zip", "payload.py", "not part of a model folder")),
+    "trainer_class_dotted_path_into_the_zip": (lambda path: write_zip(path, model_zip_entries(
+        trainer={"trainer_class": "Dataset001_Stand.GFMTrainer__unisynPlans__3d.payload:GFMTrainer"})), ["--overwrite"],
+        ("trainer.json", "field trainer_class", "not a registered trainer", "never imported")),
+    "trainer_class_any_module": (lambda path: write_zip(path, model_zip_entries(trainer={"trainer_class": "this:GFMTrainer"})),
+                                 ["--overwrite"], ("trainer.json", "'this:GFMTrainer' is not a registered trainer")),
+    "trainer_class_not_a_string": (lambda path: write_zip(path, model_zip_entries(trainer={"trainer_class": ["gfm"]})),
+                                   ["--overwrite"], ("trainer.json", "field trainer_class", "must be a non-empty string")),
+    "trainer_class_unknown_name": (lambda path: write_zip(path, model_zip_entries(trainer={"trainer_class": "EvilTrainer"})),
+                                   ["--overwrite"], ("trainer.json", "unknown trainer 'EvilTrainer'")),
+    "trainer_json_invalid": (lambda path: write_zip(path, {**MODEL_FILES, f"{MODEL_DIR}/trainer.json": b"{oops"}),
+                             ["--overwrite"], ("trainer.json", "invalid JSON")),
+    "trainer_json_absurd_patch_size": (lambda path: write_zip(path, model_zip_entries(trainer={"patch_size": [10**6] * 3})),
+                                       ["--overwrite"], ("trainer.json", "field patch_size")),
+    "plans_absurd_patch_size": (lambda path: write_zip(path, model_zip_entries(
+        plans=lambda d: d["configurations"]["3d"].update(patch_size=[10**6] * 3))), ["--overwrite"],
+        ("plans.json.configurations.3d.patch_size", "not a usable patch size")),
+    "plans_nan_spacing": (lambda path: write_zip(path, model_zip_entries(plans=lambda d: d.update(target_spacing_zyx=[float("nan"), 2, 2]))),
+                          ["--overwrite"], ("plans.json.target_spacing_zyx[0]", "finite")),
+    "dataset_json_unknown_key": (lambda path: write_zip(path, model_zip_entries(extra={f"{MODEL_DIR}/dataset.json": json.dumps(
+        {"colour": 1, "cases": [{"id": "a", "images": [{"file": "a.nii.gz", "modality": "T1w"}]}]}).encode()})),
+        ["--overwrite"], ("dataset.json", "field colour", "unknown top-level key")),
+    "text_conditioning_without_its_encoder": (lambda path: write_zip(path, model_zip_entries(
+        trainer={"conditioning": {"kind": "text", "text_encoder": "text_encoder"}})), ["--overwrite"],
+        ("conditions on text", "text_encoder/config.json")),
+    "member_not_in_manifest": (lambda path: write_zip(path, model_zip_entries(unlisted={f"{MODEL_DIR}/fold_0/checkpoint_best.pth": b"x"})),
+                               ["--overwrite"], ("checkpoint_best.pth", "not listed in unisyn_model_manifest.txt")),
+    "manifest_lists_a_missing_member": (lambda path: write_zip(path, {k: v for k, v in model_zip_entries(
+        extra={f"{MODEL_DIR}/dataset.json": b"{}"}).items() if not k.endswith("/dataset.json")}), ["--overwrite"],
+        ("unisyn_model_manifest.txt lists", "dataset.json", "does not hold")),
+    "no_manifest": (lambda path: write_zip(path, model_zip_entries(manifest=False)), ["--overwrite"],
+                    ("no unisyn_model_manifest.txt", "unisyn_export_model")),
+    "zip_bomb_member": (lambda path: write_tweaked_zip(path, model_zip_entries(
+        extra={f"{MODEL_DIR}/fold_0/checkpoint_best.pth": bytes(8 * 2**20)}), deflate=True), ["--overwrite"],
+        ("checkpoint_best.pth", "inflates", "over the limit of 100x", "zip bomb")),
+    "zip_over_the_size_limit": (lambda path: write_zip(path, MODEL_FILES), ["--overwrite", "--max_size_gb", "1e-9"],
+                                ("unpacks to", "over the limit", "--max_size_gb")),
+    "member_size_understated": (lambda path: (write_zip(path, MODEL_FILES), understate_size(path, f"{MODEL_DIR}/plans.json", 10)),
+                                ["--overwrite"], ("model.zip", "damaged zip file")),
+    "symlink_member": (lambda path: write_tweaked_zip(path, model_zip_entries(extra={f"{MODEL_DIR}/fold_0/progress.png": b"/etc/passwd"}),
+                                                      lambda i: i.filename.endswith(".png") and setattr(i, "external_attr", 0o120777 << 16)),
+                       ["--overwrite"], ("progress.png", "is a symbolic link")),
+    "encrypted_member": (lambda path: (write_zip(path, MODEL_FILES), flag_encrypted(path, f"{MODEL_DIR}/fold_0/checkpoint_final.pth")),
+                         ["--overwrite"], ("checkpoint_final.pth", "is encrypted")),
+    "duplicate_member": (lambda path: write_tweaked_zip(path, MODEL_FILES, duplicate=f"{MODEL_DIR}/plans.json"), ["--overwrite"],
+                         ("plans.json", "appears twice")),
+    "backslash_member": (lambda path: write_zip(path, {**MODEL_FILES, "Dataset001_Stand\\GFMTrainer__unisynPlans__3d\\x.json": b"{}"}),
+                         ["--overwrite"], ("not a plain relative path",)),
+    "two_model_folders": (lambda path: write_zip(path, {**MODEL_FILES, **model_zip_entries("Dataset001_Stand/UNetBaselineTrainer__unisynPlans__3d")}),
+                          ["--overwrite"], ("expected one model folder", "UNetBaselineTrainer__unisynPlans__3d")),
+    "model_folder_not_named_like_one": (lambda path: write_zip(path, model_zip_entries("Dataset009_Imp/gfmmodel")), [],
+                                        ("'Dataset009_Imp/gfmmodel'", "<Trainer>__<plans>__<configuration>")),
 }
 
 

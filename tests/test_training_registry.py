@@ -1,11 +1,12 @@
-"""Trainer registry: short names, class names, dotted paths of custom trainers, clear errors."""
+"""Trainer registry: short names, class names, dotted paths of custom trainers (command line only), clear errors."""
 from __future__ import annotations
 
 import pytest
 
 from unisyn_v2.training.gfm_trainer import GFMTrainer
 from unisyn_v2.training.registry import (
-    TRAINERS, UnknownTrainerError, register_trainer, resolve_trainer_class, short_name_of, trainer_dotted_path,
+    TRAINERS, UnknownTrainerError, register_trainer, resolve_command_line_trainer, resolve_trainer_class, short_name_of,
+    trainer_dotted_path,
 )
 from unisyn_v2.training.trainer_base import TrainerBase
 from unisyn_v2.training.variants import (
@@ -33,14 +34,18 @@ def test_short_names_and_class_names() -> None:
 
 
 def test_dotted_paths_of_custom_trainers() -> None:
-    assert resolve_trainer_class(f"{__name__}:MyCustomTrainer") is MyCustomTrainer
-    assert resolve_trainer_class(f"{__name__}.MyCustomTrainer") is MyCustomTrainer
-    assert resolve_trainer_class("unisyn_v2.training.gfm_trainer:GFMTrainer") is GFMTrainer
-    register_trainer("mine", f"{__name__}:MyCustomTrainer")
+    dotted = f"{__name__}:MyCustomTrainer"
     try:
+        with pytest.raises(UnknownTrainerError, match="never imported"):
+            resolve_trainer_class(dotted)  # what a name read from a file gets
+        assert resolve_command_line_trainer(f"{__name__}.MyCustomTrainer") is MyCustomTrainer
+        assert resolve_trainer_class(dotted) is MyCustomTrainer  # now registered, by its exact path
+        assert resolve_trainer_class("unisyn_v2.training.gfm_trainer:GFMTrainer") is GFMTrainer
+        register_trainer("mine", dotted)
         assert resolve_trainer_class("mine") is MyCustomTrainer
     finally:
-        TRAINERS.pop("mine")
+        TRAINERS.pop("mine", None)
+        TRAINERS.pop(dotted, None)
 
 
 def test_unknown_names_list_the_known_ones() -> None:
@@ -48,11 +53,15 @@ def test_unknown_names_list_the_known_ones() -> None:
         resolve_trainer_class("gfmm")
     assert "gfm" in str(error.value) and "crossattn" in str(error.value) and "package.module:Class" in str(error.value)
     with pytest.raises(UnknownTrainerError, match="cannot import module"):
-        resolve_trainer_class("no_such_package.module:Trainer")
+        resolve_command_line_trainer("no_such_package.module:Trainer")
     with pytest.raises(UnknownTrainerError, match="has no"):
-        resolve_trainer_class(f"{__name__}:Missing")
+        resolve_command_line_trainer(f"{__name__}:Missing")
     with pytest.raises(UnknownTrainerError, match="not a TrainerBase subclass"):
-        resolve_trainer_class(f"{__name__}:NotATrainer")
+        resolve_command_line_trainer(f"{__name__}:NotATrainer")
+    assert f"{__name__}:NotATrainer" not in TRAINERS.values()
+    for not_a_name in (None, 5, ["gfm"], {"gfm": 1}, ""):
+        with pytest.raises(UnknownTrainerError, match="must be a non-empty string"):
+            resolve_trainer_class(not_a_name)
     with pytest.raises(ValueError, match="already registered"):
         register_trainer("gfm", f"{__name__}:MyCustomTrainer")
     assert issubclass(MyCustomTrainer, TrainerBase)

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model (either -m, or -d with -tr and -c)")
     model.add_argument("-m", "--model_folder", default=None, help="a <Trainer>__<plans>__<config> folder")
     model.add_argument("-d", "--dataset", default=None, help="dataset id or name")
-    model.add_argument("-tr", "--trainer", default="gfm", help="trainer class or short name (default gfm)")
+    model.add_argument("-tr", "--trainer", default="gfm",
+                       help="trainer class or short name (default gfm); package.module:Class imports your own trainer, "
+                            "which a model folder's trainer.json may then name (a file alone never imports code)")
     model.add_argument("-c", "--configuration", default="2.5d", help="configuration (default 2.5d)")
     model.add_argument("-p", "--plans_name", default="unisynPlans")
     model.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: every numbered fold holding --chk, else fold_all)")
@@ -67,6 +69,10 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError(f"-npp must be >= 1, got {args.num_processes}")
     if args.step_size <= 0 or args.step_size > 1:
         raise ValueError(f"--step_size must be in (0, 1], got {args.step_size}")
+    from unisyn_v2.training.registry import is_command_line_dotted_path, resolve_command_line_trainer
+
+    if is_command_line_dotted_path(args.trainer):  # the user's own command line: their trainer may be imported
+        resolve_command_line_trainer(args.trainer)
     folder = args.model_folder or find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name)
     settings = PredictionSettings(step_size=args.step_size, tile_batch_size=args.tile_batch_size, use_mirroring=args.tta,
                                   accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar)

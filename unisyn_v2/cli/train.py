@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=DEVICES, help="default auto: cuda, then mps, then cpu")
     parser.add_argument("--c", dest="continue_training", action="store_true",
                         help="continue from checkpoint_final, else latest, else best")
+    parser.add_argument("--resume_from", default=None, metavar="CHECKPOINT",
+                        help="with --c: resume from this checkpoint file of the fold (e.g. checkpoint_best.pth when "
+                             "checkpoint_latest.pth is damaged)")
     parser.add_argument("--val", dest="validation_only", action="store_true", help="only run the final validation")
     parser.add_argument("--epochs", type=int, default=None, help="override the plans' number of epochs")
     parser.add_argument("--iterations_per_epoch", type=int, default=None, help="override the plans' iterations per epoch")
@@ -60,7 +63,7 @@ def _body(args: argparse.Namespace) -> int:
         pretrained_weights=args.pretrained_weights, num_workers=args.num_workers, tasks=parse_task_filter(args.tasks),
         save_every=args.save_every, final_validation=not args.no_final_validation,
         max_validation_cases=args.max_validation_cases, validation_figures=args.validation_figures,
-        deterministic=args.deterministic,
+        deterministic=args.deterministic, resume_from=args.resume_from,
         extra={"text_encoder": str(args.text_encoder)} if args.text_encoder else {},
     )
     if args.num_gpus != 1:

@@ -158,7 +158,10 @@ class UniSynPredictor:
                        "dataset": plans.dataset_name, "plans": plans.plans_name, "configuration": configuration,
                        "folds": fold_list, "checkpoint": checkpoint_name, "conditioning": getattr(conditioner, "kind", None)}
         predictor = cls(networks, conditioner, plans, configuration, info, dev, settings, description)
-        predictor.recipe = (str(folder), fold_list, checkpoint_name, str(dev))
+        from unisyn_v2.training.registry import BUILTIN_TRAINERS
+
+        if info.get("trainer_class") in BUILTIN_TRAINERS.values():  # else a fresh -npp worker would not know it: pickle
+            predictor.recipe = (str(folder), fold_list, checkpoint_name, str(dev))
         return predictor
 
     # ------------------------------------------------------------ vocabulary

@@ -58,14 +58,25 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                            f"weights-only checkpoints ({str(error).splitlines()[0]})") from None
     except Exception as error:  # noqa: BLE001 - re-raised with the file name
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise RuntimeError(f"cannot read checkpoint {path}: the file is damaged or incomplete ({reason}); copy it again "
-                           "or use another checkpoint") from error
+        raise RuntimeError(f"cannot read checkpoint {path}: the file is damaged or incomplete ({reason}); "
+                           f"{fallback_hint(path)}") from error
     if not isinstance(state, dict) or "network_weights" not in state:
         raise RuntimeError(f"{path} is not a unisyn_v2 checkpoint (no 'network_weights')")
     version = state.get("format_version", CHECKPOINT_FORMAT_VERSION)
     if version > CHECKPOINT_FORMAT_VERSION:
         raise RuntimeError(f"{path}: checkpoint format {version} is newer than this unisyn_v2 ({CHECKPOINT_FORMAT_VERSION})")
     return state
+
+
+def fallback_hint(path: Path) -> str:
+    """What to do about an unreadable checkpoint: the other checkpoints of its fold and the flags that use them."""
+    path = Path(path)
+    others = [name for name in CHECKPOINT_NAMES if name != path.name and (path.parent / name).is_file()]
+    if not others:
+        return f"{path.parent.name} holds no other checkpoint: copy it again, or train again"
+    first = "checkpoint_best.pth" if "checkpoint_best.pth" in others else others[0]
+    return (f"{path.parent.name} also holds {', '.join(others)}: predict with --chk {first}, or resume training "
+            f"with --c --resume_from {first} (or copy it again)")
 
 
 def find_resume_checkpoint(fold_folder: Path) -> Path | None:

@@ -16,7 +16,7 @@ from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.paths import preprocessed_dir, results_dir
 from unisyn_v2.training.distributed import distributed_session, launch, local_device
-from unisyn_v2.training.registry import resolve_trainer_class
+from unisyn_v2.training.registry import resolve_command_line_trainer
 from unisyn_v2.training.settings import TrainerSettings
 from unisyn_v2.training.trainer_base import TrainerBase
 
@@ -61,7 +61,11 @@ def parse_fold(fold: int | str | None) -> int | str | None:
 def build_trainer(dataset: str | int, trainer: str, fold: int | str | None = None, configuration: str | None = None,
                   plans_name: str | None = None, device: str | torch.device = "auto",
                   settings: TrainerSettings | None = None) -> TrainerBase:
-    """Create (without running) the trainer for a dataset: results/<Dataset>/<Trainer>__<plans>__<config>."""
+    """Create (without running) the trainer for a dataset: results/<Dataset>/<Trainer>__<plans>__<config>.
+
+    ``trainer`` comes from the caller (command line or code, never a file), so a ``package.module:Class``
+    is imported (:func:`~unisyn_v2.training.registry.resolve_command_line_trainer`).
+    """
     dataset_name = resolve_dataset_name(dataset)
     preprocessed = preprocessed_dir() / dataset_name
     plans_name = plans_name or DEFAULT_PLANS_NAME
@@ -69,7 +73,7 @@ def build_trainer(dataset: str | int, trainer: str, fold: int | str | None = Non
     if not plans_path.is_file():
         raise FileNotFoundError(f"{plans_path} is missing; run unisyn_plan_and_preprocess -d {dataset} first")
     plans = Plans.load(plans_path)
-    trainer_class = resolve_trainer_class(trainer)
+    trainer_class = resolve_command_line_trainer(trainer)  # the caller's own name (command line or code), never a file's
     configuration = configuration or trainer_class.default_configuration or plans.default_configuration
     fold = parse_fold(fold)
     fold = trainer_class.default_fold if fold is None else fold

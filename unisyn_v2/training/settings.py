@@ -53,6 +53,8 @@ class TrainerSettings:
         num_epochs, iterations_per_epoch, validation_iterations, batch_size: override the plans.
         seed: seeds python, numpy and torch, network initialisation and every training batch.
         continue_training: resume from checkpoint_final, else latest, else best (``--c``).
+        resume_from: with ``continue_training``, the fold's checkpoint file to resume from instead
+            (``--resume_from checkpoint_best.pth``: the fallback when checkpoint_latest is damaged).
         validation_only: load checkpoint_final and only run the final validation (``--val``).
         pretrained_weights: a checkpoint whose network weights initialise the network.
         num_workers: background data-loading processes; 0 loads in-process (deterministic tests);
@@ -81,6 +83,7 @@ class TrainerSettings:
     validation_figures: int | None = None
     deterministic: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    resume_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "iterations_per_epoch", "validation_iterations", "batch_size"):
@@ -93,6 +96,12 @@ class TrainerSettings:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {self.save_every}")
+        if self.resume_from is not None:
+            if not self.continue_training:
+                raise ValueError("--resume_from needs --c (it names the checkpoint --c resumes from)")
+            if not self.resume_from.endswith(".pth") or Path(self.resume_from).name != self.resume_from:
+                raise ValueError(f"--resume_from takes a checkpoint file name of the fold, e.g. checkpoint_best.pth "
+                                 f"(got {self.resume_from!r})")
         if self.continue_training and self.pretrained_weights is not None:
             raise ValueError("--c (continue) and pretrained weights exclude each other")
         if self.pretrained_weights is not None:

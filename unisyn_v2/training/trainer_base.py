@@ -284,6 +284,11 @@ class TrainerBase(CheckpointMixin):
                 self.write_model_folder()
             if self.settings.continue_training:
                 resume = find_resume_checkpoint(self.fold_folder)
+                if self.settings.resume_from is not None:
+                    resume = self.fold_folder / self.settings.resume_from
+                    if not resume.is_file():
+                        raise FileNotFoundError(f"--resume_from: {resume} does not exist (the fold holds "
+                                                f"{', '.join(sorted(p.name for p in self.fold_folder.glob('*.pth'))) or 'no checkpoint'})")
                 seen = set(self.distributed.all_gather_object(self._describe_file(resume)))
                 if len(seen) > 1:
                     raise RuntimeError(f"--c: the ranks see different checkpoints ({sorted(map(str, seen))}); the "
