@@ -63,7 +63,9 @@ def test_run_writes_checkpoints_summary_and_artifact(trained: tuple[NeuroCLIPTra
     for name in ("checkpoint_final.pth", "training_log.txt", "progress.png", "validation/summary.json"):
         assert (fold / name).is_file(), name
     written = json.loads((fold / "validation" / "summary.json").read_text())
-    assert written["final"] and written["epoch"] == 8 and written["num_images"] == 72
+    # fold "all" validates on 2 held-out cases (12 images) and trains on the other 10 (60 images)
+    assert written["final"] and written["epoch"] == 8 and written["num_images"] == 12
+    assert written["num_train_images"] == 60 and not written["validates_on_training_images"]
     for key in ("image_to_text_top1", "image_to_modality_top1", "parameter_sensitivity"):
         assert key in written and key in summary
     assert written["image_to_text_num_candidates"] == 10 and written["image_to_modality_chance"] == pytest.approx(1 / 6)

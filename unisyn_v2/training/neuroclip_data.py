@@ -28,6 +28,7 @@ another rule), :func:`contrastive_loss` treats every pair with identical text as
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -78,6 +79,24 @@ def collect_samples(folder: Path, case_ids: Sequence[str]) -> list[NeuroCLIPSamp
     if not samples:
         raise ValueError(f"no images found for {len(case_ids)} case(s) in {folder}")
     return samples
+
+
+def holdout_cases(case_ids: Sequence[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(train, val) for fold 'all': a fixed ``fraction`` of the cases held out of training.
+
+    Cases are ordered by the SHA-1 of their id (the same ids give the same split on every machine, with no
+    seed) and the first ``round(fraction * n)`` are held out, at least 1 and at most n - 1; a single case
+    cannot be split and is returned as both (the caller warns).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"NeuroCLIP holdout fraction must be in (0, 1), got {fraction}")
+    ids = sorted(set(case_ids))
+    if len(ids) < 2:
+        return ids, list(ids)
+    order = sorted(ids, key=lambda c: hashlib.sha1(c.encode("utf-8")).hexdigest())
+    count = min(max(1, round(fraction * len(ids))), len(ids) - 1)
+    held = set(order[:count])
+    return [c for c in ids if c not in held], [c for c in ids if c in held]
 
 
 def downsample_volume(volume: np.ndarray, factor: int) -> np.ndarray:

@@ -22,11 +22,21 @@ held-out images, 300 steps) CNN 1.00 / 0.56, ViT 0.83 / 0.53. Hence the CNN is t
 
 Optimiser: AdamW (CLIP's betas 0.9/0.98, weight decay 0.1 on matrices only); lr: linear warm-up over
 the first 20% of the epochs, then cosine decay (TUMSyn: warm-up 20 of 100 epochs, then decay to 0).
+
+Validation images are never training images: a numbered fold validates on its ``splits_final.json``
+cases, fold ``all`` holds out ``holdout_fraction`` of the cases (:func:`holdout_cases`, by the hash of
+the case id); ``fold_<f>/neuroclip_split.json`` records which (``--c`` and ``--val`` reuse it). Every
+epoch the collapse guard (:mod:`unisyn_v2.training.collapse_guard`) checks the loss against chance and
+the spread of a fixed probe of distinct training prompts and their images, rolls back with a lower lr
+or stops with an error; ``fold_<f>/collapse_guard.json`` holds its per-epoch record. Its settings are
+the class attribute ``collapse_guard_config``, overridable per run with
+``TrainerSettings(extra={"collapse_guard": {...}})``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -42,20 +52,28 @@ from unisyn_v2.networks.factory import build_neuroclip
 from unisyn_v2.networks.neuroclip import MAX_LOGIT_SCALE, NeuroCLIP
 from unisyn_v2.networks.text_artifact import ARTIFACT_FOLDER_NAME, NEUROCLIP_CONFIGURATION, save_text_encoder_artifact
 from unisyn_v2.preprocessing.case_store import preprocessed_case_ids
+from unisyn_v2.training.checkpointing import (
+    CHECKPOINT_FORMAT_VERSION, load_checkpoint, load_network_weights, save_checkpoint_atomic,
+)
+from unisyn_v2.training.collapse_guard import (
+    BAD, FAIL, GOOD, GOOD_CHECKPOINT, GRACE, GUARD_FILE, RECOVER, RESTORE_FINAL, UNJUDGED_FINAL, CollapseGuard,
+    CollapseGuardConfig, EpochCheck, NeuroCLIPCollapseError, json_safe, mean_pairwise_cosine, select_probe,
+)
 from unisyn_v2.training.neuroclip_data import (
-    NeuroCLIPSample, WholeBrainCache, collect_samples, contrastive_loss, typical_metadata,
+    NeuroCLIPSample, WholeBrainCache, collect_samples, contrastive_loss, holdout_cases, typical_metadata,
 )
 from unisyn_v2.training.neuroclip_evaluation import (
     NUM_TEXT_CANDIDATES, image_to_modality_top1, image_to_text_top1, parameter_sensitivity, text_candidates,
 )
 from unisyn_v2.training.neuroclip_loaders import NeuroCLIPTrainLoader, NeuroCLIPValidationLoader, TokenCache, in_batch_accuracy
-from unisyn_v2.training.schedule import WarmupCosineScheduler
+from unisyn_v2.training.schedule import EpochScheduler, WarmupCosineScheduler
 from unisyn_v2.training.trainer_base import TrainerBase
 
 logger = logging.getLogger(__name__)
 
 _TEXT_FIELDS = ("manufacturer", "reconstruction_kernel", "tracer", "unit")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-/][A-Za-z0-9]+)*")
+SPLIT_FILE = "neuroclip_split.json"
 
 
 class NeuroCLIPTrainer(TrainerBase):
@@ -76,9 +94,19 @@ class NeuroCLIPTrainer(TrainerBase):
     number_mode: ClassVar[str] = "digits"
     samples_per_class: ClassVar[int] = 1
     embed_batch_size: ClassVar[int] = 32
+    holdout_fraction: ClassVar[float] = 0.2  # fold "all": share of the cases validated on, never trained on
+    collapse_guard_config: ClassVar[CollapseGuardConfig] = CollapseGuardConfig()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        overrides = self.settings.extra.get("collapse_guard")
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ValueError(f"TrainerSettings.extra['collapse_guard'] must be a dict of settings, got {overrides!r}")
+        self.guard = CollapseGuard(self.collapse_guard_config.with_overrides(overrides),
+                                   grace_epochs=max(1, int(round(self.num_epochs * self.warmup_fraction))))
+        self._guard_restored = False
+        self.probe_samples: list[NeuroCLIPSample] = []
+        self.split_record: dict[str, Any] = {}
         self.tokenizer: MetadataTokenizer | None = None
         self.train_samples: list[NeuroCLIPSample] = []
         self.val_samples: list[NeuroCLIPSample] = []
@@ -108,12 +136,27 @@ class NeuroCLIPTrainer(TrainerBase):
             raise FileNotFoundError(f"no preprocessed cases in {self.data_folder}; run unisyn_plan_and_preprocess "
                                     f"-d {self.dataset_name} first")
         if self.fold == "all":
-            return fold_cases([], "all", all_ids)
+            return self._holdout_split(all_ids)
         splits_path = self.preprocessed_folder / SPLITS_FILE
         if not splits_path.is_file():
             raise FileNotFoundError(f"{splits_path} is missing; run unisyn_plan_and_preprocess -d {self.dataset_name} "
                                     "first (or train fold 'all')")
         return fold_cases(read_json(splits_path), self.fold, all_ids)
+
+    def _holdout_split(self, all_ids: list[str]) -> tuple[list[str], list[str]]:
+        """Fold "all": the recorded split when resuming or validating, else :func:`holdout_cases`."""
+        recorded = self.fold_folder / SPLIT_FILE
+        if (self.settings.continue_training or self.settings.validation_only) and recorded.is_file():
+            known = set(all_ids)
+            val = [c for c in read_json(recorded).get("val_cases", []) if c in known]
+            if val:
+                logger.info("NeuroCLIP: the held-out cases recorded in %s (%d)", recorded, len(val))
+                return [c for c in sorted(all_ids) if c not in set(val)], val
+        train, val = holdout_cases(all_ids, self.holdout_fraction)
+        if set(train) & set(val):
+            logger.warning("NeuroCLIP fold 'all' has a single case (%s): it validates on its training images",
+                           train[0])
+        return train, val
 
     def prepare_data(self) -> None:
         """Samples, typical metadata, tokenizer and image cache (idempotent; needed before the network)."""
@@ -124,6 +167,18 @@ class NeuroCLIPTrainer(TrainerBase):
             val_ids = val_ids[: self.settings.max_validation_cases]
         self.train_samples = collect_samples(self.data_folder, train_ids)
         self.val_samples = collect_samples(self.data_folder, val_ids)
+        overlap = sorted(set(train_ids) & set(val_ids))
+        self.split_record = {
+            "fold": str(self.fold),
+            "source": f"{SPLITS_FILE} fold {self.fold}" if self.fold != "all"
+            else f"holdout_cases: {self.holdout_fraction:g} of the cases by SHA-1 of the case id",
+            "holdout_fraction": self.holdout_fraction if self.fold == "all" else None,
+            "num_train_cases": len(train_ids), "num_val_cases": len(val_ids),
+            "num_train_images": len(self.train_samples), "num_val_images": len(self.val_samples),
+            "validates_on_training_images": bool(overlap),
+            "train_cases": sorted(train_ids), "val_cases": sorted(val_ids),
+        }
+        self.probe_samples = select_probe(self.train_samples, self.guard.config.probe_size)
         all_ids = sorted(set(train_ids) | set(val_ids) | set(preprocessed_case_ids(self.data_folder)))
         self.all_prompts = sorted({s.prompt for s in collect_samples(self.data_folder, all_ids)})
         self.typical = typical_metadata(self.train_samples)
@@ -137,9 +192,10 @@ class NeuroCLIPTrainer(TrainerBase):
         jitter = max(1, min(n.image_size) // 16) if self.augment else 0
         self.cache = WholeBrainCache(self.data_folder, n.downsample, n.image_size, jitter)
         self._data_ready = True
-        logger.info("NeuroCLIP data: %d training images in %d metadata classes, %d validation images, %d modalities",
-                    len(self.train_samples), len({s.class_key for s in self.train_samples}), len(self.val_samples),
-                    len(self.typical))
+        logger.info("NeuroCLIP data: %d training images (%d cases) in %d metadata classes, %d validation images "
+                    "(%d held-out cases%s), %d modalities", len(self.train_samples), len(train_ids),
+                    len({s.class_key for s in self.train_samples}), len(self.val_samples), len(val_ids),
+                    ", the same as training" if overlap else "", len(self.typical))
 
     # ------------------------------------------------------------- hooks
     def plan_schedule(self) -> tuple[int, int, int, float]:
@@ -217,7 +273,8 @@ class NeuroCLIPTrainer(TrainerBase):
         self.optimize(loss)
         with torch.no_grad():
             self.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-        return {"loss": float(loss.detach()), "acc": in_batch_accuracy(logits.detach(), batch["prompts"]),
+        return {"loss": float(loss.detach()), "chance_loss": math.log(len(batch["prompts"])),
+                "acc": in_batch_accuracy(logits.detach(), batch["prompts"]),
                 "temperature": float(torch.exp(-self.clip.logit_scale.detach()))}
 
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -274,10 +331,16 @@ class NeuroCLIPTrainer(TrainerBase):
             "temperature": float(torch.exp(-self.clip.logit_scale.detach())),
         }
 
+    def _run_record(self) -> dict[str, Any]:
+        """What the summaries add to the evaluation: the split's sizes and the collapse guard's record."""
+        return {"num_train_images": len(self.train_samples),
+                "validates_on_training_images": bool(self.split_record.get("validates_on_training_images")),
+                "collapse_guard": self.guard.summary()}
+
     def _write_summary(self, evaluation: dict[str, Any], final: bool) -> Path:
         summary = {"trainer": type(self).__name__, "dataset_name": self.dataset_name, "fold": str(self.fold),
-                   "epoch": self.current_epoch, "final": final, **evaluation}
-        return write_json_atomic(self.fold_folder / "validation" / "summary.json", summary)
+                   "epoch": self.current_epoch, "final": final, **evaluation, **self._run_record()}
+        return write_json_atomic(self.fold_folder / "validation" / "summary.json", json_safe(summary))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Add retrieval / sensitivity numbers to the epoch's logs and refresh the validation summary."""
@@ -290,7 +353,126 @@ class NeuroCLIPTrainer(TrainerBase):
         for key in ("te_distance_spearman", "te_pc1_spearman", "tr_distance_spearman", "tr_pc1_spearman"):
             if key in sensitivity:
                 logs[f"val_{key}"] = sensitivity[key]
+        self._guard_epoch(logs)
         self._write_summary(evaluation, final=False)
+
+    # ------------------------------------------------------ collapse guard
+    @torch.no_grad()
+    def probe_statistics(self) -> tuple[float, float]:
+        """Mean pairwise cosine of the probe's text embeddings and of its images' embeddings."""
+        was_training = self.clip.training
+        self.clip.eval()
+        try:
+            text = self.embed_texts([s.prompt for s in self.probe_samples])
+            images = self.embed_images(self.probe_samples)
+        finally:
+            self.clip.train(was_training)
+        return mean_pairwise_cosine(text), mean_pairwise_cosine(images)
+
+    def _guard_epoch(self, logs: dict[str, float]) -> None:
+        """Measure the probe, let the guard decide, and save, roll back or stop accordingly."""
+        text_cosine, image_cosine = self.probe_statistics()
+        logs["probe_text_cosine"], logs["probe_image_cosine"] = text_cosine, image_cosine
+        check = EpochCheck(self.current_epoch, float(logs.get("train_loss", math.nan)),
+                           float(logs.get("train_chance_loss", math.nan)), text_cosine, image_cosine)
+        verdict = self.guard.observe(check, final_epoch=self.current_epoch >= self.num_epochs)
+        logger.info("NeuroCLIP probe, epoch %d: loss %.4f (chance %.4f), %d distinct prompts at mean cosine %.4f, "
+                    "their images %.4f: %s%s", check.epoch, check.train_loss, check.chance_loss,
+                    len(self.probe_samples), text_cosine, image_cosine, verdict,
+                    f" ({', '.join(check.symptoms)})" if check.symptoms else "")
+        if not self.guard.config.enabled:
+            self._write_guard_report()
+            return
+        if verdict == GOOD:
+            self._save_good_state()
+        elif verdict == BAD:
+            logger.warning("NeuroCLIP epoch %d: %s (%d of %d epochs before recovery)", check.epoch,
+                           ", ".join(check.symptoms), self.guard.streak, self.guard.config.patience)
+        elif verdict == GRACE:
+            logger.info("NeuroCLIP epoch %d: %s, not counted during the first %d epochs", check.epoch,
+                        ", ".join(check.symptoms), self.guard.grace_epochs)
+        elif verdict == RECOVER:
+            epoch = self._restore_good_state()
+            self.guard.events[-1]["back_to_epoch"] = epoch
+            logger.warning("NeuroCLIP collapse at epoch %d (%s for %d epochs): back to the weights of epoch %d, "
+                           "lr x%.3g from now on (recovery %d of %d)", check.epoch, ", ".join(check.symptoms),
+                           self.guard.config.patience, epoch, self.guard.lr_scale, self.guard.recoveries,
+                           self.guard.config.max_recoveries)
+        elif verdict == RESTORE_FINAL:
+            epoch = self._restore_good_state()
+            self.guard.events[-1]["back_to_epoch"] = epoch
+            logger.warning("NeuroCLIP's last epoch shows %s: the final weights are those of epoch %d, the last "
+                           "that passed the collapse checks", ", ".join(check.symptoms), epoch)
+        elif verdict == UNJUDGED_FINAL:
+            logger.warning("NeuroCLIP ended with %s and no epoch has passed the collapse checks yet (the run is "
+                           "too short to judge); train more epochs", ", ".join(check.symptoms))
+        elif verdict == FAIL:
+            self._write_guard_report()
+            message = self.guard.failure_message(str(self.fold_folder), self._mean_batch_size(logs), self.initial_lr,
+                                                 self.warmup_fraction)
+            logger.error("%s", message)
+            raise NeuroCLIPCollapseError(message)
+        self._write_guard_report()
+
+    @staticmethod
+    def _mean_batch_size(logs: dict[str, float]) -> float:
+        chance = logs.get("train_chance_loss")
+        return round(math.exp(chance), 2) if chance is not None and math.isfinite(chance) else math.nan
+
+    def _write_guard_report(self) -> None:
+        write_json_atomic(self.fold_folder / GUARD_FILE, self.guard.report())
+
+    def _save_good_state(self) -> None:
+        """Weights and optimiser state of an epoch that passed the checks, written atomically."""
+        assert self.network is not None and self.optimizer is not None
+        state = {"format_version": CHECKPOINT_FORMAT_VERSION, "network_weights": self.network.state_dict(),
+                 "optimizer_state": self.optimizer.state_dict(), "current_epoch": self.current_epoch}
+        save_checkpoint_atomic(self.fold_folder / GOOD_CHECKPOINT, state)
+
+    def _restore_good_state(self) -> int:
+        """Load the last good weights and optimiser state, apply the guard's lr scale; return their epoch."""
+        assert self.network is not None and self.optimizer is not None
+        path = self.fold_folder / GOOD_CHECKPOINT
+        state = load_checkpoint(path, map_location=self.device)
+        load_network_weights(self.network, state, path)
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self._apply_lr_scale()
+        return int(state["current_epoch"])
+
+    def _apply_lr_scale(self) -> None:
+        """The schedule continues from its epoch with its peak lr scaled by the recoveries so far."""
+        if isinstance(self.lr_scheduler, EpochScheduler):
+            self.lr_scheduler.initial_lr = self.initial_lr * self.guard.lr_scale
+            self.lr_scheduler.load_state_dict(self.lr_scheduler.state_dict())  # re-applies the lr
+        elif self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.initial_lr * self.guard.lr_scale
+
+    def on_train_start(self) -> None:
+        """Write the starting weights as the first good state unless a resumed run already has one."""
+        if not self.guard.config.enabled:
+            return
+        good = self.fold_folder / GOOD_CHECKPOINT
+        if self._guard_restored and good.is_file():
+            if int(load_checkpoint(good)["current_epoch"]) <= self.current_epoch:
+                return
+        self._save_good_state()
+
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """The guard's counters and record (so --c keeps the recoveries already spent)."""
+        return {"collapse_guard": self.guard.state_dict()}
+
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore the guard and its lr scale."""
+        if "collapse_guard" in state:
+            self.guard.load_state_dict(state["collapse_guard"])
+            self._guard_restored = True
+            self._apply_lr_scale()
+
+    def write_model_folder(self) -> None:
+        """Also record the fold's train / validation cases (``fold_<f>/neuroclip_split.json``)."""
+        super().write_model_folder()
+        write_json_atomic(self.fold_folder / SPLIT_FILE, self.split_record)
 
     # ------------------------------------------------------------ artifact
     def artifact_config(self) -> dict[str, Any]:
@@ -298,7 +480,8 @@ class NeuroCLIPTrainer(TrainerBase):
         return {"trainer": type(self).__name__, "dataset_name": self.dataset_name, "plans_name": self.plans.plans_name,
                 "fold": str(self.fold), "epochs_trained": self.current_epoch, "image_encoder_kwargs": self.image_kwargs,
                 "modalities": sorted(self.typical), "typical_metadata": self.typical,
-                "validation": {k: v for k, v in (self.last_evaluation or {}).items() if k != "typical_metadata"}}
+                "validation": json_safe({k: v for k, v in (self.last_evaluation or {}).items()
+                                         if k != "typical_metadata"})}
 
     def write_artifact(self) -> Path:
         """Save the text encoder artifact (see the module docstring for where)."""
@@ -313,12 +496,15 @@ class NeuroCLIPTrainer(TrainerBase):
         return targets[0]
 
     def on_train_end(self) -> None:
-        """Write the artifact from the final weights."""
+        """Write the artifact from the final weights; the guard's good state is no longer needed."""
         self.write_artifact()
+        if self.guard.history:
+            self._write_guard_report()
+        (self.fold_folder / GOOD_CHECKPOINT).unlink(missing_ok=True)
 
     def final_validation(self) -> dict[str, Any]:
         """Evaluate the final weights, write ``validation/summary.json`` (and the artifact if absent)."""
-        evaluation = self.evaluate()
+        evaluation = {**self.evaluate(), **self._run_record()}
         self.last_evaluation = evaluation
         self._write_summary(evaluation, final=True)
         if self.fold == "all" and not (self.model_folder / ARTIFACT_FOLDER_NAME / "config.json").is_file():
@@ -336,7 +522,10 @@ class NeuroCLIPTrainer(TrainerBase):
                 "conditioning": {"kind": "text", "text_encoder": ARTIFACT_FOLDER_NAME},
                 "modalities": sorted(self.typical), "typical_metadata": self.typical,
                 "metadata_classes": sorted({s.class_key for s in self.train_samples}),
-                "text_encoder_artifact": ARTIFACT_FOLDER_NAME}
+                "text_encoder_artifact": ARTIFACT_FOLDER_NAME,
+                "validation_split": {k: v for k, v in self.split_record.items()
+                                     if k not in ("train_cases", "val_cases")},
+                "collapse_guard": self.guard.config.to_dict()}
 
 
 class NeuroCLIPTrainerViT(NeuroCLIPTrainer):
