@@ -574,6 +574,8 @@ INSTALL_CASES = {  # name: (make the archive, extra arguments, expected)
         ("checkpoint_best.pth", "inflates", "over the limit of 100x", "zip bomb")),
     "zip_over_the_size_limit": (lambda path: write_zip(path, MODEL_FILES), ["--overwrite", "--max_size_gb", "1e-9"],
                                 ("unpacks to", "over the limit", "--max_size_gb")),
+    "manifest_damaged": (lambda path: (write_zip(path, MODEL_FILES), damage_member(path, b"plans.json\nDataset")), ["--overwrite"],
+                         ("model.zip", "damaged zip file", "unisyn_model_manifest.txt")),
     "member_size_understated": (lambda path: (write_zip(path, MODEL_FILES), understate_size(path, f"{MODEL_DIR}/plans.json", 10)),
                                 ["--overwrite"], ("model.zip", "damaged zip file")),
     "symlink_member": (lambda path: write_tweaked_zip(path, model_zip_entries(extra={f"{MODEL_DIR}/fold_0/progress.png": b"/etc/passwd"}),

@@ -118,7 +118,10 @@ def install_model(archive_path: Path, destination: Path | None = None, overwrite
         if model_folder.exists() and not overwrite:
             raise FileExistsError(f"{model_folder} exists; pass --overwrite to replace it")
         files = {Path(info.filename).relative_to(model_relative).as_posix(): info for info in infos}
-        _check_layout(archive, archive_path, model_relative, files, max_bytes, destination)
+        try:
+            _check_layout(archive, archive_path, model_relative, files, max_bytes, destination)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # the manifest itself is damaged
+            raise ValueError(f"{archive_path}: damaged zip file ({error}); copy or export the model again") from None
         created = [p for p in (destination, *destination.parents) if not p.exists()]
         ensure_folder(destination)  # staging goes inside the results folder, never the system temp folder
         remove_stale_temp_files(destination)  # the staging folder of a killed install
