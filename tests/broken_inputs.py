@@ -286,6 +286,8 @@ RAW_CASES: dict[str, tuple[Breaker, tuple[str, ...]]] = {
 ID_CASES: dict[str, tuple[str, Breaker, tuple[str, ...]]] = {
     "dataset_id_ambiguous": ("1", lambda root: (root.parent / "Dataset001_Other").mkdir(), ("id 001 is ambiguous", "pass the full name")),
     "dataset_id_missing": ("7", lambda root: None, ("no dataset with id 007", "unisyn_phantom -d 7")),
+    "dataset_id_missing_lists_existing": ("7", lambda root: (root.parent.parent / "results" / "Dataset002_Other").mkdir(),
+                                          ("no dataset with id 007", "(existing: Dataset001_Blob, Dataset002_Other)")),
 }
 
 

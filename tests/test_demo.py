@@ -16,7 +16,8 @@ TINY = ["--cases", "5", "--epochs", "1", "--iterations_per_epoch", "2", "--neuro
 def test_demo_end_to_end_and_rerun(unisyn_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo_out"
     assert demo_cli.main(TINY + ["-o", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, logged = capsys.readouterr()
+    assert "--c" not in logged and "starting from scratch" not in logged  # nobody passed --c to a fresh demo
     report = json.loads((out / "demo_report.json").read_text())
     assert report["raw_dataset"] in printed and str(out / "figures") in printed
 
@@ -48,6 +49,7 @@ def test_demo_end_to_end_and_rerun(unisyn_dirs: dict[str, Path], tmp_path: Path,
     checkpoint = Path(report["synthesis_model"]) / "fold_0" / "checkpoint_final.pth"
     stamp = checkpoint.stat().st_mtime_ns
     assert demo_cli.main(TINY + ["-o", str(out)]) == 0
+    assert "resuming the previous demo run" in capsys.readouterr().err
     assert checkpoint.stat().st_mtime_ns == stamp
 
 

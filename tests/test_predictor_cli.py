@@ -45,7 +45,7 @@ def test_cli_existing_outputs_continue_and_overwrite(stand_in_model: Path, tmp_p
     first, second = out / "sub-00_FDG-PET.nii.gz", out / "sub-01_FDG-PET.nii.gz"
     sidecar = json.loads((out / "sub-00_FDG-PET.json").read_text())
     assert sidecar["model"]["folds"] == ["0", "1"] and sidecar["model"]["trainer"] == "gfm" and sidecar["unit"] == "SUV"
-    assert sidecar["target_prompt"].startswith("Age: None") and "Modality: FDG-PET" in sidecar["target_prompt"]
+    assert "Age:" not in sidecar["target_prompt"] and "Modality: FDG-PET" in sidecar["target_prompt"]  # no age known: left out
     np.testing.assert_allclose(read_image(first)[0].max(), 4.0, rtol=1e-5)
     assert _no_temp_files(out)
     capsys.readouterr()

@@ -24,8 +24,11 @@ from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 from unisyn_v2.io_utils import read_json, write_json_atomic
 from unisyn_v2.paths import preprocessed_dir, raw_dir
 from unisyn_v2.phantom import generate_phantom_dataset
-from unisyn_v2.training.run_training import run_training
+from unisyn_v2.training.checkpointing import find_resume_checkpoint
+from unisyn_v2.training.distributed import distributed_session, local_device
+from unisyn_v2.training.run_training import build_trainer, resolve_device
 from unisyn_v2.training.settings import TrainerSettings
+from unisyn_v2.training.trainer_base import TrainerBase
 
 logger = logging.getLogger(__name__)
 
@@ -128,16 +131,31 @@ def demo_epochs(options: DemoOptions, plans_epochs: int) -> int:
     return plans_epochs if options.all_tasks else min(plans_epochs, DEMO_MAX_EPOCHS)
 
 
+def _train_stage(dataset_id: int, trainer: str, fold: int | str | None, device: str, settings: TrainerSettings) -> TrainerBase:
+    """Train one stage, resuming exactly when an earlier demo run left a checkpoint in its fold folder.
+
+    Passing ``continue_training`` unconditionally made a fresh demo warn "--c: no checkpoint ... starting
+    from scratch" for each stage, although nobody passed --c.
+    """
+    with distributed_session(local_device(resolve_device(device))):
+        instance = build_trainer(dataset_id, trainer, fold, device=device, settings=settings)
+        instance.settings.continue_training = find_resume_checkpoint(instance.fold_folder) is not None
+        logger.info("training %s -> %s%s", type(instance).__name__, instance.fold_folder,
+                    " (resuming the previous demo run)" if instance.settings.continue_training else "")
+        instance.run()
+    return instance
+
+
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Run every stage; returns where the outputs went and the headline metrics."""
     output = options.output.resolve()
     raw_root = _ensure_phantom(options)
     plans = api.plan_and_preprocess(options.dataset_id, planner=options.planner, gpu_memory_gb=options.gpu_memory_gb)
-    stage1 = TrainerSettings(num_epochs=options.neuroclip_epochs, continue_training=True)
-    clip_trainer = run_training(options.dataset_id, "neuroclip", device=options.device, settings=stage1)
-    stage2 = TrainerSettings(num_epochs=demo_epochs(options, plans.training.num_epochs), iterations_per_epoch=options.iterations_per_epoch, continue_training=True,
+    stage1 = TrainerSettings(num_epochs=options.neuroclip_epochs)
+    clip_trainer = _train_stage(options.dataset_id, "neuroclip", None, options.device, stage1)
+    stage2 = TrainerSettings(num_epochs=demo_epochs(options, plans.training.num_epochs), iterations_per_epoch=options.iterations_per_epoch,
                              tasks=None if options.all_tasks else DEMO_TASKS)
-    gfm_trainer = run_training(options.dataset_id, options.trainer, 0, device=options.device, settings=stage2)
+    gfm_trainer = _train_stage(options.dataset_id, options.trainer, 0, options.device, stage2)
     splits = read_json(preprocessed_dir() / raw_root.name / "splits_final.json")
     _train, held_out = fold_cases(splits, 0, [])
     inputs, truths = _held_out_inputs(raw_root, held_out, output)

@@ -49,9 +49,16 @@ def resolve_dataset_name(identifier: str | int, search: tuple[Path, ...] | None 
     )
     if not found:
         raise DatasetNotFoundError(
-            f"no dataset with id {number:03d} in {', '.join(str(f) for f in folders)}; "
-            f"create one (e.g. unisyn_phantom -d {number}) or set UNISYN_RAW"
+            f"no dataset with id {number:03d} in {', '.join(str(f) for f in folders)} (existing: "
+            f"{', '.join(existing_datasets(folders)) or 'none'}); create one (e.g. unisyn_phantom -d {number}) or set UNISYN_RAW"
         )
     if len(found) > 1:
         raise DatasetNotFoundError(f"dataset id {number:03d} is ambiguous: {', '.join(found)}; pass the full name")
     return found[0]
+
+
+def existing_datasets(folders: tuple[Path, ...] | None = None) -> list[str]:
+    """Every ``DatasetXXX_Name`` folder in raw, preprocessed or results (what a wrong id can be corrected to)."""
+    folders = folders if folders is not None else (raw_dir(), preprocessed_dir(), results_dir())
+    return sorted({child.name for folder in folders if folder.is_dir() for child in folder.iterdir()
+                   if child.is_dir() and parse_dataset_name(child.name)})

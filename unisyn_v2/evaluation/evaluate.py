@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.evaluation.protocols import Protocol, evaluate_pair
-from unisyn_v2.io_utils import ensure_folder, write_failure
+from unisyn_v2.io_utils import expect_size, replace_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -119,20 +118,14 @@ def json_safe(value: Any) -> Any:
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write text via a temporary file in the same folder and os.replace (no torn files)."""
-    path = Path(path)
-    ensure_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException as error:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise write_failure(path, error) from error
-        raise
+    """Write text via a checked, fsynced temporary file in the same folder and os.replace (no torn files)."""
+    data = text.encode("utf-8")
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+
+    replace_atomic(Path(path), write, verify=expect_size(len(data)), needed=len(data))
 
 
 def _aggregate(cases: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -18,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from unisyn_v2.io_utils import temp_prefix
+from unisyn_v2.io_utils import replace_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +99,6 @@ def save_comparison_figure(
         fig.suptitle(suptitle)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_atomic(path, lambda temp: fig.savefig(temp, format="png"))
     logger.debug("wrote comparison figure %s", path)
     return path

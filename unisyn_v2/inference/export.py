@@ -180,19 +180,19 @@ def select_cases_to_run(case_ids: Sequence[str], output_folder: Path, target_mod
 
 
 def build_sidecar(case_id: str, target: ImageDescription, sources: Sequence[tuple[Path, ImageDescription]],
-                  model: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+                  model: dict[str, Any], settings: dict[str, Any], prompt_style: str = "compact") -> dict[str, Any]:
     """The prediction's JSON sidecar (BIDS-derivative style ``GeneratedBy`` marks it as ours); the
-    ``unit`` entry is filled by :func:`export_prediction`."""
+    ``unit`` entry is filled by :func:`export_prediction`. Prompts are written as the model read them."""
     version = package_version()
     return {
         "case_id": case_id,
         "target_modality": target.modality,
-        "target_prompt": target.prompt(),
+        "target_prompt": target.prompt(prompt_style),
         "target_metadata": target.metadata.to_dict(),
         "subject": target.subject.to_dict(),
         "unit": None,
         "source_images": [
-            {"file": str(path), "modality": d.modality, "prompt": d.prompt()} for path, d in sources
+            {"file": str(path), "modality": d.modality, "prompt": d.prompt(prompt_style)} for path, d in sources
         ],
         "model": model,
         "settings": settings,

@@ -71,6 +71,7 @@ class InputImage:
     path: Path
     description: ImageDescription
     metadata_given: bool = True
+    typical_asked: bool = False  # ``--source NAME``: the user asked for the modality's typical metadata
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ def _cases_from_files(files: Sequence[Path], source: DescriptionSpec | None) -> 
         if source is not None and source.subject is not None:
             subject = source.subject
         given = bool(metadata.to_dict()) or (source is not None and source.modality == modality and source.kind != "name")
-        group["images"].append(InputImage(path, ImageDescription(modality, metadata, subject), given))
+        asked = not given and source is not None and source.modality == modality and source.kind == "name"
+        group["images"].append(InputImage(path, ImageDescription(modality, metadata, subject), given, asked))
     cases = []
     for case_id, group in grouped.items():
         if not group["images"]:

@@ -205,8 +205,12 @@ class UniSynPredictor:
         description = image.description
         if not image.metadata_given:  # the voxel size stays the header's (filled by the caller)
             typical = {k: v for k, v in self.typical_metadata(description.modality).items() if k != "voxel_size"}
-            logger.warning("%s: no metadata (no sidecar, no --source prompt/JSON); assuming the typical %s acquisition "
-                           "of the training set: %s", image.path.name, description.modality, typical or "none recorded")
+            if image.typical_asked:  # --source NAME means exactly this (README: the typical metadata fills the prompt)
+                logger.info("%s: --source %s: the typical %s acquisition of the training set: %s", image.path.name,
+                            description.modality, description.modality, typical or "none recorded")
+            else:
+                logger.warning("%s: no metadata (no sidecar, no --source prompt/JSON); assuming the typical %s acquisition "
+                               "of the training set: %s", image.path.name, description.modality, typical or "none recorded")
             description = replace(description, metadata=ImageMetadata.from_dict(typical).merged_with(description.metadata))
         return description
 
@@ -270,9 +274,14 @@ class UniSynPredictor:
             return
         for role, description in (("source", source), ("target", target)):
             try:
-                tokenizer.encode(description.prompt())
+                tokenizer.encode(description.prompt(self.prompt_style))
             except ValueError as error:
                 raise InputError(f"case {case_id}: the {role} ({description.modality}) {error}") from None
+
+    @property
+    def prompt_style(self) -> str:
+        """How the model's text encoder writes missing values in prompts (legacy for encoders saved before the styles)."""
+        return getattr(getattr(self.conditioner, "tokenizer", None), "prompt_style", "compact")
 
     def settings_description(self) -> dict[str, Any]:
         """Sliding-window settings for the sidecar."""
@@ -303,7 +312,7 @@ class UniSynPredictor:
         prediction, properties = self.predict_image(image, geometry, source, target_description, mask, case.case_id, [str(chosen.path)])
         image_path, _ = output_paths(Path(output_folder), case.case_id, target.modality)
         sidecar = build_sidecar(case.case_id, target_description, [(chosen.path, source)], self.model_description,
-                                self.settings_description())
+                                self.settings_description(), self.prompt_style)
         return export_prediction(prediction, properties, self.plans, target.modality, geometry, image_path, sidecar)[0]
 
     def predict(self, inputs: Sequence[str | Path], output_folder: str | Path, target: str | Path | DescriptionSpec,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Optional, Sequence, Union
@@ -29,6 +30,10 @@ DeviceLike = Union[str, torch.device]
 #: covered only by corners undefined (0/0). 1e-4 is far below any blending-relevant weight
 #: (MONAI uses 1e-3) yet keeps the division well conditioned in fp32.
 GAUSSIAN_FLOOR = 1e-4
+
+#: Without a progress bar (``--disable_progress_bar``, worker processes, validation) a long pass logs
+#: how far it got at most this often, so a 128^3 prediction on a CPU is not silent for minutes.
+PROGRESS_LOG_INTERVAL_S = 20.0
 
 
 def compute_tile_starts(image_size: Sequence[int], tile_size: Sequence[int], step_size: float) -> list[list[int]]:
@@ -144,11 +149,13 @@ def _run_tiles(
     acc: Optional[Tensor] = None
     weight_sum = torch.zeros(spatial, dtype=torch.float32, device=accum_device)
     batches = range(0, len(slicers), tile_batch_size)
+    total_batches = len(batches)
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="sliding window", unit="batch")
-    for first in batches:
+    started = last_log = time.monotonic()
+    for done, first in enumerate(batches, start=1):
         chunk = slicers[first : first + tile_batch_size]
         batch = torch.stack([image[(slice(None),) + sl] for sl in chunk]).to(device)
         pred = _predict_batch(batch, predictor, flips)
@@ -163,9 +170,20 @@ def _run_tiles(
         for b, sl in enumerate(chunk):
             acc[(slice(None),) + sl] += pred[b] * weight
             weight_sum[sl] += weight
+        if not progress and done < total_batches and time.monotonic() - last_log >= PROGRESS_LOG_INTERVAL_S:
+            last_log = time.monotonic()
+            elapsed = last_log - started
+            logger.info("sliding window: %d of %d tiles (%d%%) after %s, about %s left", min(done * tile_batch_size, len(slicers)),
+                        len(slicers), 100 * done // total_batches, _duration(elapsed),
+                        _duration(elapsed * (total_batches - done) / done))
     assert acc is not None
     acc /= weight_sum
     return acc
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def _pad_to_tile(image: Tensor, tile: Sequence[int], pad_value: float) -> tuple[Tensor, tuple[slice, ...]]:

@@ -2,9 +2,16 @@
 
 The format follows TUMSyn/UniSyn, e.g. ``Age: 71.0; Gender: F; Scanner: 3.0 Siemens; Modality: T2w;
 Voxel size: (1.0, 1.0, 1.0); Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree): (4000.0, 90.0,
-None, 90.0)``, with ``None`` for a missing value. CT and PET have their own parameter clause (kVp and
-kernel; tracer, dose, uptake time and unit). Numbers are rounded to 3 decimals (age to 1) when a
-prompt is built, so prompt -> fields -> prompt is lossless.
+None, 90.0)``. CT and PET have their own parameter clause (kVp and kernel; tracer, dose, uptake time
+and unit). Numbers are rounded to 3 decimals (age to 1) when a prompt is built, so prompt -> fields ->
+prompt is lossless.
+
+Missing values (style ``compact``, the default): an entry with nothing known is left out (``Age``,
+``Gender``, ``Scanner``, ``Voxel size``, ``Tracer``), ``Scanner`` holds only what is known (``3.0``,
+``Philips``, ``3.0 Siemens``), and inside a parameter tuple a missing value is ``None`` (the tuple is
+positional). Style ``legacy`` writes ``None`` everywhere (``Age: None; Gender: None; Scanner: None
+Philips``), as prompts were written before; a text encoder saved with a tokenizer from before the
+styles existed is fed legacy prompts, so its conditioning does not change. The parser reads both.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ _CT_CLAUSE = "Imaging parameter kVp and kernel"
 _PET_CLAUSE = "Imaging parameter dose(MBq), uptake(min), and unit"
 
 
+PROMPT_STYLES = ("compact", "legacy")
+
+
 class PromptError(ValueError):
     """A prompt string does not follow the structured format."""
 
@@ -32,9 +42,9 @@ class ImageDescription:
     metadata: ImageMetadata = field(default_factory=ImageMetadata)
     subject: SubjectMetadata = field(default_factory=SubjectMetadata)
 
-    def prompt(self) -> str:
-        """The structured text prompt."""
-        return build_prompt(self.modality, self.metadata, self.subject)
+    def prompt(self, style: str = "compact") -> str:
+        """The structured text prompt (``style``: see the module docstring)."""
+        return build_prompt(self.modality, self.metadata, self.subject, style)
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -49,20 +59,51 @@ def _text(value: str | None) -> str:
     return value
 
 
-def build_prompt(modality: str, metadata: ImageMetadata, subject: SubjectMetadata | None = None) -> str:
-    """Render the papers' structured prompt; the modality's family picks the parameter clause."""
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _scanner(field_strength: float | None, manufacturer: str | None, style: str) -> str | None:
+    """The ``Scanner`` value: what is known (None: leave the entry out); legacy: ``<strength|None> <vendor|None>``."""
+    vendor = _text(manufacturer)
+    if style == "legacy":
+        return f"{_num(field_strength)} {vendor}"
+    if field_strength is None and manufacturer is None:
+        return None
+    if field_strength is None:  # a vendor that reads as a number would be read back as the field strength
+        return f"None {vendor}" if _is_number(vendor.split()[0]) or vendor.split()[0] == "None" else vendor
+    return _num(field_strength) if manufacturer is None else f"{_num(field_strength)} {vendor}"
+
+
+def build_prompt(modality: str, metadata: ImageMetadata, subject: SubjectMetadata | None = None, style: str = "compact") -> str:
+    """Render the papers' structured prompt; the modality's family picks the parameter clause.
+
+    ``style="compact"`` leaves out entries with nothing known; ``"legacy"`` writes ``None`` for them.
+    """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
+    legacy = style == "legacy"
     subject = subject or SubjectMetadata()
     mod = get_modality(modality)
-    parts = [
-        f"Age: {_num(subject.age, 1)}",
-        f"Gender: {_text(subject.sex)}",
-        f"Scanner: {_num(metadata.field_strength)} {_text(metadata.manufacturer)}",
-        f"Modality: {mod.name}",
-    ]
-    if mod.family is ModalityFamily.PET:
-        parts.append(f"Tracer: {_text(metadata.tracer or mod.tracer)}")
-    voxel = "None" if metadata.voxel_size is None else "(" + ", ".join(_num(v) for v in metadata.voxel_size) + ")"
-    parts.append(f"Voxel size: {voxel}")
+    parts = []
+    if legacy or subject.age is not None:
+        parts.append(f"Age: {_num(subject.age, 1)}")
+    if legacy or subject.sex is not None:
+        parts.append(f"Gender: {_text(subject.sex)}")
+    scanner = _scanner(metadata.field_strength, metadata.manufacturer, style)
+    if scanner is not None:
+        parts.append(f"Scanner: {scanner}")
+    parts.append(f"Modality: {mod.name}")
+    tracer = metadata.tracer or mod.tracer
+    if mod.family is ModalityFamily.PET and (legacy or tracer is not None):
+        parts.append(f"Tracer: {_text(tracer)}")
+    if legacy or metadata.voxel_size is not None:
+        voxel = "None" if metadata.voxel_size is None else "(" + ", ".join(_num(v) for v in metadata.voxel_size) + ")"
+        parts.append(f"Voxel size: {voxel}")
     if mod.family is ModalityFamily.MRI:
         values = [metadata.repetition_time, metadata.echo_time, metadata.inversion_time, metadata.flip_angle]
         parts.append(f"{_MRI_CLAUSE}: ({', '.join(_num(v) for v in values)})")
@@ -115,8 +156,11 @@ def parse_prompt(prompt: str) -> ImageDescription:
     mod = get_modality(entries["Modality"])
     values: dict[str, object] = {}
     scanner = entries.get("Scanner", "None None").split(None, 1)
-    values["field_strength"] = _parse_num(scanner[0], "Scanner")
-    values["manufacturer"] = _parse_text(scanner[1]) if len(scanner) > 1 else None
+    if scanner and (scanner[0] == "None" or _is_number(scanner[0])):  # "<strength> [vendor]", "None <vendor>"
+        values["field_strength"] = _parse_num(scanner[0], "Scanner")
+        values["manufacturer"] = _parse_text(scanner[1]) if len(scanner) > 1 else None
+    else:  # compact: the vendor alone
+        values["manufacturer"] = _parse_text(" ".join(scanner)) if scanner else None
     voxel = entries.get("Voxel size", "None")
     if voxel != "None":
         values["voxel_size"] = tuple(_parse_num(v, "Voxel size") for v in _parse_tuple(voxel, 3, "Voxel size"))

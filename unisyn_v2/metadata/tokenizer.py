@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from unisyn_v2.io_utils import read_json, write_json_atomic
 from unisyn_v2.metadata.fields import PET_UNITS
 from unisyn_v2.metadata.modalities import known_modalities
+from unisyn_v2.metadata.prompts import PROMPT_STYLES
 
 if TYPE_CHECKING:  # torch is only needed by encode_batch
     import torch
@@ -80,13 +81,18 @@ class MetadataTokenizer:
         number_mode: how a stand-alone number is written: ``digits`` (one byte token per digit and
             point), ``magnitude`` (the same preceded by a zero-width marker ``<eK>``, K = integer digits
             - 1) or ``place`` (each digit a token that also carries its power of ten).
+        prompt_style: how the prompts this tokenizer's text encoder is trained on treat missing values
+            (:mod:`unisyn_v2.metadata.prompts`); saved with it, ``legacy`` for files from before the styles.
     """
 
     def __init__(self, words: Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH,
-                 number_mode: str = "digits") -> None:
+                 number_mode: str = "digits", prompt_style: str = "compact") -> None:
         if number_mode not in NUMBER_MODES:
             raise ValueError(f"number_mode must be one of {', '.join(NUMBER_MODES)}, got {number_mode!r}")
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
         self.number_mode = number_mode
+        self.prompt_style = prompt_style
         self._num_number_tokens = {"digits": 0, "magnitude": _MAX_INT_DIGITS, "place": 10 * len(_PLACES)}[number_mode]
         if context_length < 3:
             raise ValueError(f"context_length must be >= 3 (<sot>, one token, <eot>), got {context_length}")
@@ -254,6 +260,7 @@ class MetadataTokenizer:
             "special_tokens": {name: i for i, name in enumerate(SPECIAL_TOKENS)},
             "byte_offset": _BYTE_OFFSET,
             "number_mode": self.number_mode,
+            "prompt_style": self.prompt_style,
             "words": list(self.words),
         }
 
@@ -272,7 +279,8 @@ class MetadataTokenizer:
         words, context = data.get("words"), data.get("context_length")
         if not isinstance(words, list) or not isinstance(context, int):
             raise ValueError(f"{source}: needs 'words' (list) and 'context_length' (int)")
-        return cls(words, context, str(data.get("number_mode", "digits")))
+        # a tokenizer saved before prompt styles existed belongs to an encoder trained on legacy prompts
+        return cls(words, context, str(data.get("number_mode", "digits")), str(data.get("prompt_style", "legacy")))
 
     def save(self, path: Path) -> Path:
         """Write the tokenizer JSON atomically."""

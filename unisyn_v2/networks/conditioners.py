@@ -102,8 +102,9 @@ class TextConditioner:
         return torch.stack([self._cache[p] for p in prompts])
 
     def embed(self, descriptions: Sequence[ImageDescription]) -> torch.Tensor:
-        """(B, text_dim) embeddings of the descriptions' prompts."""
-        return self.embed_prompts([d.prompt() for d in descriptions])
+        """(B, text_dim) embeddings of the descriptions' prompts, in the style the encoder was trained on."""
+        style = getattr(self.tokenizer, "prompt_style", "compact")
+        return self.embed_prompts([d.prompt(style) for d in descriptions])
 
     def to(self, device: torch.device | str) -> "TextConditioner":
         """Move encoder and cache."""

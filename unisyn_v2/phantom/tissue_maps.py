@@ -11,12 +11,14 @@ sub-folders each hold such a set gives one anatomy per sub-folder, used by the c
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from unisyn_v2.dataset.image_io import verify_image_file
+from unisyn_v2.io_utils import replace_atomic
 
 from .tissues import TISSUES
 
@@ -53,16 +55,8 @@ def write_nifti(array: np.ndarray, geometry: VolumeGeometry, path: Path) -> Path
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    try:
-        sitk.WriteImage(image, str(temp), useCompression=True)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomic(Path(path), lambda temp: sitk.WriteImage(image, str(temp), useCompression=True),
+                          verify=verify_image_file)
 
 
 def _find(folder: Path, name: str) -> Path | None:

@@ -29,7 +29,19 @@ CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint
 
 def save_checkpoint_atomic(path: Path, state: dict[str, Any]) -> Path:
     """``torch.save`` to a temp file beside ``path``, fsynced and checked whole, then ``os.replace`` it into place."""
-    return replace_atomic(path, lambda temp: torch.save(state, temp), tag=f"{Path(path).stem}_", verify=verify_checkpoint_file)
+    return replace_atomic(path, lambda temp: torch.save(state, temp), tag=f"{Path(path).stem}_", verify=verify_checkpoint_file,
+                          needed=lambda: _tensor_bytes(state))
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) state: about what its checkpoint file needs on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def verify_checkpoint_file(path: Path) -> None:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from unisyn_v2.io_utils import temp_prefix
+from unisyn_v2.io_utils import replace_atomic
 
 logger = logging.getLogger(__name__)
 PACKAGE_LOGGER = "unisyn_v2"
@@ -76,17 +74,7 @@ class ProgressLogger:
         axes[-1].set_xlabel("epoch")
         if title:
             fig.suptitle(title)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=temp_prefix("progress_"), suffix=".png", dir=path.parent)
-        os.close(handle)
-        try:
-            fig.savefig(temp, format="png")
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        return path
+        return replace_atomic(Path(path), lambda temp: fig.savefig(temp, format="png"), tag="progress_")
 
 
 def format_epoch_line(epoch: int, num_epochs: int, logs: dict[str, float]) -> str:
