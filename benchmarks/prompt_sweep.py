@@ -337,7 +337,8 @@ def figure(rows: dict[str, list[dict[str, np.ndarray]]], path: Path) -> Path:
                 if i == 0:
                     ax.set_title(f"{name}\n{column}" if j == 0 else column, fontsize=7)
                 if j == 0:
-                    ax.set_ylabel(f"{row['value']:.3g}", fontsize=7)
+                    ax.text(0.03, 0.97, f"{row['value']:.3g}", transform=ax.transAxes, fontsize=7, color="yellow",
+                            va="top", ha="left")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path

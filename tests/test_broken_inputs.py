@@ -8,8 +8,8 @@ byte-identical and leave no temp or half-written files. Corpus generators live i
 from __future__ import annotations
 
 import errno
-import os
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
