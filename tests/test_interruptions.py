@@ -151,7 +151,8 @@ def test_prediction_killed_then_continued_equals_uninterrupted(unisyn_dirs: dict
     run_training(1, "gfm", 0, "2.5d", device="cpu", settings=TrainerSettings(
         num_epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0, final_validation=False))
     inputs = tmp_path / "in"
-    for index in range(8):
+    cases = 16  # a case takes ~20 ms: enough of them that the kill lands mid-run, not after the last one
+    for index in range(cases):
         write_case_image(inputs / f"sub-{index:02d}_T1w.nii.gz", head_phantom((24, 40, 40), 0.0, 500.0, 150.0, seed=index))
     base = ["-i", str(inputs), "-d", "1", "-tr", "gfm", "-c", "2.5d", "-f", "0", "--target", "FDG-PET",
             "--disable_progress_bar", "--device", "cpu"]
@@ -160,8 +161,8 @@ def test_prediction_killed_then_continued_equals_uninterrupted(unisyn_dirs: dict
 
     log = tmp_path / "predict.log"
     process = _start("unisyn_predict", base + ["-o", str(out)], log)
-    _kill_when(process, lambda: any(out.glob("*.json")), random.Random(SEED).uniform(0, 0.3), log)
-    assert len(list(out.glob("*.json"))) < 8
+    _kill_when(process, lambda: any(out.glob("*.json")), random.Random(SEED).uniform(0, 0.03), log)
+    assert len(list(out.glob("*.json"))) < cases
     dead, live = _plant_temp_files(out, process.pid)
 
     assert predict_cli.main(base + ["-o", str(out), "--continue_prediction"]) == 0
@@ -169,7 +170,7 @@ def test_prediction_killed_then_continued_equals_uninterrupted(unisyn_dirs: dict
     live.unlink()
     assert not _temp_files(out)
     names = sorted(p.name for p in reference.iterdir())
-    assert names == sorted(p.name for p in out.iterdir()) and len(names) == 16
+    assert names == sorted(p.name for p in out.iterdir()) and len(names) == 2 * cases
     for name in names:
         if name.endswith(".nii.gz"):
             (expected, geometry), (got, got_geometry) = read_image(reference / name), read_image(out / name)
