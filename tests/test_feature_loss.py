@@ -72,3 +72,4 @@ def test_scale_invariant_gradients_pull_the_anatomies_together() -> None:
     b = (a.detach() + 0.5 * torch.randn(2, 4, 6, 6)).requires_grad_(True)
     scale_invariant_l1(a, b).backward()
     assert float((a.grad * (b - a).detach()).sum()) < 0 and float((b.grad * (a - b).detach()).sum()) < 0
+

@@ -152,6 +152,16 @@ def test_newer_plans_version_is_refused(planned: tuple[Plans, Path]) -> None:
         Plans.from_dict(data, source="x.json")
 
 
+def test_plans_refuse_an_unknown_feature_loss_or_value_code(planned: tuple[Plans, Path]) -> None:
+    plans, _ = planned
+    for section, key, value in (("training", "feature_loss", "l2"), ("text_encoder", "value_centres", 0),
+                                ("text_encoder", "value_weight", -1.0)):
+        data = plans.to_dict()
+        data[section][key] = value
+        with pytest.raises(PlansError, match=rf"{section}.{key}"):
+            Plans.from_dict(data, source="x.json")
+
+
 def test_memory_estimate_covers_the_heavier_of_gfm_and_crossattn() -> None:
     patch = (4, 48, 48)
     kwargs = network_kwargs(get_preset("cpu"), True, patch, text_dim=64)

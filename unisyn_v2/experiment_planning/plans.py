@@ -56,6 +56,9 @@ class ConfigurationPlan:
         return self.name == "2.5d"
 
 
+FEATURE_LOSSES = ("scale_invariant", "paper")  # training.feature_loss (unisyn_v2.training.losses)
+
+
 @dataclass(frozen=True)
 class TextEncoderPlan:
     """Sizes of NeuroCLIP's text transformer (the GFM loads it frozen)."""
@@ -94,8 +97,8 @@ class TrainingPlan:
     lr_halving_every_fraction: float = 1.0 / 3.0
     lambda_feature: float = 0.1
     lambda_synthesis: float = 1.0
-    # "scale_invariant": L1(f0_s, f0_t) / std of the anatomy features, which scaling alpha cannot shrink;
-    # "paper": UniSyn's plain L1 (satisfiable by inflating every alpha without changing any output)
+    # "scale_invariant": per channel, L1(f0_s, f0_t) over the features' own spread, which rescaling alpha
+    # cannot shrink; "paper": UniSyn's plain L1 (satisfiable by inflating every alpha, no output changes)
     feature_loss: str = "scale_invariant"
     grad_clip: float = 12.0
     foreground_fraction_min: float = 0.25  # patches with less brain than this are under-sampled
@@ -292,6 +295,10 @@ def _check_values(plans: Plans, source: str) -> None:
     positive("training.lr_halving_every_fraction", training.lr_halving_every_fraction)
     at_least("training.lambda_feature", training.lambda_feature, 0)
     at_least("training.lambda_synthesis", training.lambda_synthesis, 0)
+    if training.feature_loss not in FEATURE_LOSSES:
+        fail("training.feature_loss", f"{training.feature_loss!r} is not one of {', '.join(FEATURE_LOSSES)}")
+    at_least("text_encoder.value_centres", plans.text_encoder.value_centres, 1, 256)
+    positive("text_encoder.value_weight", plans.text_encoder.value_weight)
     positive("training.grad_clip", training.grad_clip)
     at_least("training.foreground_fraction_min", training.foreground_fraction_min, 0, 1)
 

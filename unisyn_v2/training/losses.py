@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from unisyn_v2.experiment_planning.plans import FEATURE_LOSSES
+
 
 def brain_weight(mask: torch.Tensor, background_weight: float) -> torch.Tensor:
     """Voxel weights: 1 in the brain mask, ``background_weight`` elsewhere (float, mask's shape)."""
@@ -45,7 +47,6 @@ class CyclicLossTerms:
     synthesis: torch.Tensor
 
 
-FEATURE_LOSSES = ("scale_invariant", "paper")
 
 
 def scale_invariant_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
