@@ -59,7 +59,8 @@ def test_pair_sampler_is_deterministic_and_restores_its_state() -> None:
 def test_task_filter_parsing() -> None:
     assert parse_task_filter(" T1w->CT, CT->FDG-PET ") == (("T1w", "CT"), ("CT", "FDG-PET"))
     assert parse_task_filter(None) is None
-    for bad in ("T1w", "T1w->T1w", "->CT"):
+    assert parse_task_filter("T2w->T2w") == (("T2w", "T2w"),)  # one modality at two protocols
+    for bad in ("T1w", "->CT", "T1w->"):
         with pytest.raises(ValueError):
             parse_task_filter(bad)
 

@@ -68,7 +68,7 @@ class ImageEntry:
 
 @dataclass(frozen=True)
 class CaseEntry:
-    """One subject: its images (each a different modality) and subject metadata."""
+    """One subject: its images (a modality repeats only with metadata that tell its images apart) and subject metadata."""
 
     case_id: str
     images: tuple[ImageEntry, ...]
@@ -221,10 +221,28 @@ def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], warni
         image = _parse_image(root, raw_image, case_id, problems, warnings, read_sidecars)
         if image is not None:
             images.append(image)
-    modalities = [image.modality for image in images]
-    for modality in sorted({m for m in modalities if modalities.count(m) > 1}):
-        problems.append(Problem(f"modality {modality} appears more than once in one case", case=case_id, field="images"))
+    problems.extend(_repeated_prompts(images, subject, case_id))
     return CaseEntry(case_id, tuple(images), subject, brain_mask)
+
+
+def _repeated_prompts(images: list[ImageEntry], subject: SubjectMetadata, case_id: str) -> list[Problem]:
+    """A modality may appear several times in a case (the same subject at several protocols teaches what
+    TE, TI or flip angle do), but only with metadata that tell the images apart: two images with one
+    prompt are a listing mistake or a pair a model cannot learn anything from."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for image in images:
+        try:
+            prompt = ImageDescription(image.modality, image.metadata, subject).prompt()
+        except MetadataError:  # a text value a prompt cannot hold: reported where the prompt is built
+            prompt = repr((image.modality, image.metadata))
+        if prompt in seen:
+            problems.append(Problem(f"is a second {image.modality} image with the same metadata (prompt) as {seen[prompt]}; "
+                                    "images of one modality in a case need metadata that tell them apart "
+                                    "(e.g. their echo_time)", case=case_id, file=image.file, field="metadata"))
+        else:
+            seen[prompt] = image.file
+    return problems
 
 
 def _parse_image(root: Path, raw: Any, case_id: str, problems: list[Problem], warnings: list[Problem],

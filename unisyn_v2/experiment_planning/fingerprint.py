@@ -68,7 +68,10 @@ def _analyse_case(description: DatasetDescription, case_id: str) -> dict[str, An
     for image, modality in zip(images, case.modalities):
         values = image[brain]
         picked = values[rng.randint(0, values.size, SAMPLES_PER_IMAGE)] if values.size else values
-        samples[modality] = picked.astype(np.float32).tolist()
+        samples.setdefault(modality, []).extend(picked.astype(np.float32).tolist())  # a modality may repeat
+    first_metadata: dict[str, dict[str, Any]] = {}
+    for image in case.images:
+        first_metadata.setdefault(image.modality, image.metadata.to_dict())
     return {
         "case_id": case_id,
         "shape_zyx": list(geometry.shape_zyx),
@@ -76,7 +79,10 @@ def _analyse_case(description: DatasetDescription, case_id: str) -> dict[str, An
         "shape_after_crop_zyx": shape_after_crop,
         "modalities": case.modalities,
         "classes": [metadata_class_key(case.describe(image)) for image in case.images],
-        "metadata": {image.modality: image.metadata.to_dict() for image in case.images},
+        # the first image of each modality (the file format of one image per modality); every image's
+        # metadata goes into the typical protocol through "all_metadata", dropped before writing
+        "metadata": first_metadata,
+        "all_metadata": [(image.modality, image.metadata.to_dict()) for image in case.images],
         "samples": samples,
     }
 
@@ -124,9 +130,12 @@ def extract_fingerprint(raw_root: Path, output_dir: Path, num_processes: int = 2
     case_ids = [case.case_id for case in description.cases]
     results = map_cases(_analyse_case, description, case_ids, num_processes, progress, "fingerprint")
     per_modality_samples: dict[str, list[float]] = {}
+    per_modality_metadata: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         for modality, values in result.pop("samples").items():
             per_modality_samples.setdefault(modality, []).extend(values)
+        for modality, metadata in result.pop("all_metadata"):
+            per_modality_metadata.setdefault(modality, []).append(metadata)
     spacings = np.array([r["spacing_zyx"] for r in results])
     shapes = np.array([r["shape_after_crop_zyx"] for r in results])
     fingerprint = {
@@ -139,7 +148,7 @@ def extract_fingerprint(raw_root: Path, output_dir: Path, num_processes: int = 2
             modality: {
                 "count": sum(modality in r["modalities"] for r in results),
                 "foreground_intensities": _statistics(np.asarray(values, dtype=np.float64)),
-                "typical_metadata": typical_metadata([r["metadata"][modality] for r in results if modality in r["metadata"]]),
+                "typical_metadata": typical_metadata(per_modality_metadata.get(modality, [])),
             }
             for modality, values in per_modality_samples.items()
         },

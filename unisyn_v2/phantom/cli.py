@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol_ranges", choices=sorted(PROTOCOL_RANGES), default=DEFAULT_PROTOCOL_RANGES,
                         help="MR protocol range set: clinical (narrow, as sites scan; default) or wide (TE, TR, TI and "
                              "flip angle over ranges where they change the contrast); see unisyn_v2.phantom.protocols")
+    parser.add_argument("--protocols_per_modality", type=int, default=1, metavar="N",
+                        help="image every MR modality of a case N times, each at its own protocol drawn from the range "
+                             "set (same session; files sub-001_T2w, sub-001_run-2_T2w, ...), so protocol effects are "
+                             "not confounded with the subject; CT and PET stay one image (default 1)")
     parser.add_argument("--tissue_maps", type=Path, default=None,
                         help="folder of tissue probability maps gm/wm/csf[.nii.gz] (+ optional ones) to use as anatomy")
     parser.add_argument("--output_dir", type=Path, default=None, help="output folder (default <raw>/Dataset{ID:03d}_{name})")
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         generate_phantom_dataset(output, args.cases, args.seed, shape=tuple(args.shape), voxel_size_mm=tuple(args.voxel_size),
                                  modalities=args.modalities, skull_strip=args.skull_strip, tissue_maps_dir=args.tissue_maps, complete=args.complete,
                                  overwrite=args.overwrite, name=args.name, num_processes=args.num_processes, progress=True,
-                                 protocol_ranges=args.protocol_ranges)
+                                 protocol_ranges=args.protocol_ranges,
+                                 protocols_per_modality=args.protocols_per_modality)
     except (FileExistsError, FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 2
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _SPEC_OPTIONS = ("seed", "shape", "voxel_size", "modalities", "protocol_ranges", "skull_strip", "tissue_maps")
+# protocols_per_modality is not among them: it says which files a dataset has, not what any image is
+# (repetition r is the same image for every N >= r), so --repetition needs no generation option.
 
 
 def build_render_parser() -> argparse.ArgumentParser:
@@ -105,6 +112,9 @@ def build_render_parser() -> argparse.ArgumentParser:
                           help="JSON object (or a .json file) of fields to change, e.g. '{\"echo_time\": 200}'; "
                                "null removes a field ('\"inversion_time\": null' makes an MPRAGE a spoiled GRE)")
     protocol.add_argument("--prompt", default=None, help="a structured prompt ('Modality: T2w; Scanner: 3.0 ...') stating the protocol")
+    what.add_argument("--repetition", type=int, default=1, metavar="R",
+                      help="start from the case's R-th image of the MR modality (datasets written with "
+                           "--protocols_per_modality; its protocol, noise and gain; default 1)")
     what.add_argument("--noise", action="store_true", help="add the acquisition's noise and MR bias field, as in the dataset")
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, required=True, help="image file to write (.nii.gz)")
@@ -176,12 +186,13 @@ def _render(args: argparse.Namespace) -> int:
         raise ValueError("say which modality: --modality, or a --prompt naming it")
     started = time.perf_counter()
     case = PhantomCase(spec, _case_arg(args.case))
-    metadata = case.metadata_for(modality, patch)
-    image = case.render(modality, patch, noise=args.noise)  # the patch: removals must not be refilled
+    metadata = case.metadata_for(modality, patch, args.repetition)
+    image = case.render(modality, patch, noise=args.noise, repetition=args.repetition)  # the patch: removals must not be refilled
     write_image(args.output, image, case.geometry)
     if args.mask is not None:
         write_image(args.mask, case.anatomy.mask, case.geometry, dtype=np.uint8)
-    logger.info("case %s %s (%s, %s) in %.1f s -> %s; metadata %s", case.case_id, get_modality(modality).name,
+    logger.info("case %s %s%s (%s, %s) in %.1f s -> %s; metadata %s", case.case_id, get_modality(modality).name,
+                f" repetition {args.repetition}" if args.repetition != 1 else "",
                 "with noise" if args.noise else "noise-free", f"protocol ranges {spec.protocol_ranges}",
                 time.perf_counter() - started, args.output, json.dumps(metadata.to_dict()))
     return 0

@@ -3,6 +3,9 @@
 Every case draws from its own random streams (subject, anatomy, session, one per modality), keyed by
 the seed and the case index, so a case is the same whatever other cases are requested, and
 :class:`PhantomSpec` (written as phantom.json) is all it takes to rebuild and re-render any case.
+With ``protocols_per_modality`` N > 1 each MR modality is imaged N times in the same session, repetition
+r >= 2 from its own stream keyed by r as well, so repetition 1 is the image a dataset with N = 1 has
+and repetition r is the same for every N >= r.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from unisyn_v2.io_utils import write_json_atomic
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
+from unisyn_v2.metadata.prompts import build_prompt
 from unisyn_v2.parallel import map_cases
 
 from .anatomy import brain_mask, simulate_subject
@@ -46,6 +50,9 @@ PATTERNS: tuple[tuple[tuple[str, ...], float], ...] = (
 )
 EXTRA_MODALITY_PROBABILITY = 0.04
 _SESSION_STREAM, _SUBJECT_STREAM, _ANATOMY_STREAM, _IMAGE_STREAM = 0, 1, 2, 100
+# Redraws allowed for a repeated protocol identical to an earlier repetition (two images with one prompt
+# teach nothing, and dataset.json refuses them); continuous ranges practically never need one.
+MAX_PROTOCOL_REDRAWS = 100
 
 
 SPEC_FILE = "phantom.json"  # beside dataset.json: the settings that rebuild every case (unisyn_render_phantom)
@@ -58,8 +65,9 @@ class PhantomSpec:
     ``shape`` is (z, y, x) voxels and ``voxel_size`` (x, y, z) mm (tissue maps replace both);
     ``modalities`` are the ones cases draw from (they steer each case's random availability pattern and
     with it the scanner session); ``protocol_ranges`` names the MR range set
-    (:data:`unisyn_v2.phantom.protocols.PROTOCOL_RANGES`). The number of cases is not part of it: case i
-    is the same in a dataset of 5 or of 500 cases.
+    (:data:`unisyn_v2.phantom.protocols.PROTOCOL_RANGES`); ``protocols_per_modality`` how many images,
+    each at its own protocol, every MR modality of a case has (CT and PET: always one). The number of
+    cases is not part of it: case i is the same in a dataset of 5 or of 500 cases.
     """
 
     seed: int
@@ -69,6 +77,7 @@ class PhantomSpec:
     protocol_ranges: str = DEFAULT_PROTOCOL_RANGES
     skull_strip: bool = False
     tissue_maps_dir: Path | None = None
+    protocols_per_modality: int = 1
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.shape)
@@ -78,6 +87,10 @@ class PhantomSpec:
         if len(voxel_size) != 3 or min(voxel_size) <= 0.0:
             raise ValueError(f"voxel_size_mm must be three positive sizes in mm (got {self.voxel_size})")
         get_protocol_ranges(self.protocol_ranges)
+        repeats = self.protocols_per_modality
+        if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+            raise ValueError(f"protocols_per_modality must be a whole number of at least 1 (got {repeats!r})")
+        object.__setattr__(self, "protocols_per_modality", int(repeats))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "voxel_size", voxel_size)
@@ -87,11 +100,20 @@ class PhantomSpec:
             object.__setattr__(self, "tissue_maps_dir", Path(self.tissue_maps_dir).resolve())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what ``phantom.json`` holds)."""
-        return {"seed": self.seed, "shape": list(self.shape), "voxel_size": list(self.voxel_size),
-                "modalities": list(self.modalities), "protocol_ranges": self.protocol_ranges,
-                "skull_strip": self.skull_strip,
-                "tissue_maps_dir": None if self.tissue_maps_dir is None else str(self.tissue_maps_dir)}
+        """JSON-ready form (what ``phantom.json`` holds); ``protocols_per_modality`` only when above 1, so a
+        one-image-per-modality phantom.json stays what it always was (and older readers still read it)."""
+        data: dict[str, Any] = {
+            "seed": self.seed, "shape": list(self.shape), "voxel_size": list(self.voxel_size),
+            "modalities": list(self.modalities), "protocol_ranges": self.protocol_ranges,
+            "skull_strip": self.skull_strip,
+            "tissue_maps_dir": None if self.tissue_maps_dir is None else str(self.tissue_maps_dir)}
+        if self.protocols_per_modality != 1:
+            data["protocols_per_modality"] = self.protocols_per_modality
+        return data
+
+    def repetitions(self, modality: str) -> int:
+        """How many images of ``modality`` a case has when it has that modality: N for MR, 1 for CT and PET."""
+        return self.protocols_per_modality if get_modality(modality).family is ModalityFamily.MRI else 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = SPEC_FILE) -> "PhantomSpec":
@@ -181,19 +203,49 @@ def case_session(spec: PhantomSpec, case_index: int) -> tuple[list[str], dict[Mo
 
 
 def image_stream(spec: PhantomSpec, anatomy: PhantomAnatomy, case_index: int, modality: str,
-                 session: dict[ModalityFamily, dict[str, Any]]) -> tuple[ImageMetadata, np.random.Generator]:
+                 session: dict[ModalityFamily, dict[str, Any]], repetition: int = 1,
+                 ) -> tuple[ImageMetadata, np.random.Generator]:
     """The case's own protocol of ``modality`` and its image stream, left where the simulation draws next.
 
     Every modality has its own stream whether or not the case has that image, so this is also the
     protocol a case would have had; simulating from the returned stream reproduces the written image.
+    ``repetition`` r >= 2 (MR only) is the r-th image of the modality in the same session: its own stream
+    ``[seed, case, modality stream, r]``, redrawn (from that stream) while its protocol equals an earlier
+    repetition's, so it depends neither on the dataset's ``protocols_per_modality`` nor changes image 1.
     """
     name = get_modality(modality).name
     if name not in PHANTOM_MODALITIES:
         raise ValueError(f"the phantom cannot simulate {name}; it simulates {', '.join(PHANTOM_MODALITIES)}")
-    rng = case_rng(spec.seed, case_index, _IMAGE_STREAM + PHANTOM_MODALITIES.index(name))
-    metadata = draw_protocol(name, rng, voxel_size=anatomy.geometry.spacing, ranges=spec.protocol_ranges,
-                             **session[get_modality(name).family])
-    return metadata, rng
+    family = get_modality(name).family
+    if isinstance(repetition, bool) or not isinstance(repetition, (int, np.integer)) or repetition < 1:
+        raise ValueError(f"case {case_index + 1}, {name}: repetition must be a whole number of at least 1 (got {repetition!r})")
+    if repetition > 1 and family is not ModalityFamily.MRI:
+        raise ValueError(f"case {case_index + 1}, {name}: repetition {repetition} asked, but {family.value} images "
+                         "are taken once per case (repetitions are for MR protocols)")
+    stream = _IMAGE_STREAM + PHANTOM_MODALITIES.index(name)
+    if repetition == 1:
+        rng = case_rng(spec.seed, case_index, stream)
+        metadata = draw_protocol(name, rng, voxel_size=anatomy.geometry.spacing, ranges=spec.protocol_ranges,
+                                 **session[family])
+        return metadata, rng
+    earlier = {build_prompt(name, image_stream(spec, anatomy, case_index, name, session, r)[0])
+               for r in range(1, repetition)}
+    rng = np.random.default_rng([int(spec.seed), int(case_index), stream, int(repetition)])
+    for _ in range(MAX_PROTOCOL_REDRAWS):
+        metadata = draw_protocol(name, rng, voxel_size=anatomy.geometry.spacing, ranges=spec.protocol_ranges,
+                                 **session[family])
+        if build_prompt(name, metadata) not in earlier:  # what a model sees must tell the images apart
+            return metadata, rng
+    raise ValueError(f"case {case_index + 1}, {name}: protocol ranges {spec.protocol_ranges} gave no protocol for "
+                     f"repetition {repetition} that differs from the earlier ones in {MAX_PROTOCOL_REDRAWS} draws; "
+                     "ask for fewer protocols_per_modality")
+
+
+def image_file_name(case_id: str, modality: str, repetition: int = 1) -> str:
+    """``sub-001_T2w.nii.gz``; repetition r >= 2 ``sub-001_run-2_T2w.nii.gz`` (BIDS: the run entity before the
+    modality suffix, so the file still ends in its modality)."""
+    run = "" if repetition == 1 else f"_run-{int(repetition)}"
+    return f"{case_id}{run}_{get_modality(modality).name}.nii.gz"
 
 
 def render_image(spec: PhantomSpec, anatomy: PhantomAnatomy, modality: str, metadata: ImageMetadata,
@@ -218,11 +270,12 @@ def _write_case(context: _Context, case_index: int) -> dict[str, Any]:
     write_nifti(anatomy.mask, anatomy.geometry, folder / f"{case_id}_brainmask.nii.gz")
     images = []
     for name in modalities:
-        metadata, rng = image_stream(spec, anatomy, case_index, name, session)
-        image = render_image(spec, anatomy, name, metadata, rng)
-        relative = f"{case_id}/{case_id}_{name}.nii.gz"
-        write_nifti(image, anatomy.geometry, context.output_dir / relative)
-        images.append({"file": relative, "modality": name, "metadata": metadata.to_dict()})
+        for repetition in range(1, spec.repetitions(name) + 1):
+            metadata, rng = image_stream(spec, anatomy, case_index, name, session, repetition)
+            image = render_image(spec, anatomy, name, metadata, rng)
+            relative = f"{case_id}/{image_file_name(case_id, name, repetition)}"
+            write_nifti(image, anatomy.geometry, context.output_dir / relative)
+            images.append({"file": relative, "modality": name, "metadata": metadata.to_dict()})
     return {"id": case_id, "subject": anatomy.subject.metadata().to_dict(),
             "brain_mask": f"{case_id}/{case_id}_brainmask.nii.gz", "images": images}
 
@@ -245,14 +298,18 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
                              modalities: Sequence[str] | None = None, skull_strip: bool = False,
                              tissue_maps_dir: Path | None = None, overwrite: bool = False, name: str = "Phantom",
                              num_processes: int = 1, progress: bool = False, complete: bool = False,
-                             protocol_ranges: str = DEFAULT_PROTOCOL_RANGES) -> Path:
+                             protocol_ranges: str = DEFAULT_PROTOCOL_RANGES, protocols_per_modality: int = 1) -> Path:
     """Write a raw dataset folder (images, brain masks, dataset.json, phantom.json) and return it.
 
     ``shape`` is (z, y, x) voxels and ``voxel_size_mm`` (x, y, z); with ``tissue_maps_dir`` the maps fix
     both. ``complete`` gives every case every allowed modality (paired data, e.g. for the demo and
     benchmarks) instead of a random clinical availability pattern. ``protocol_ranges`` names the MR
     protocol range set (``clinical``, the default, or ``wide``; see
-    :data:`unisyn_v2.phantom.protocols.PROTOCOL_RANGES`). ``phantom.json`` records the settings that
+    :data:`unisyn_v2.phantom.protocols.PROTOCOL_RANGES`). ``protocols_per_modality`` N > 1 images every MR
+    modality of a case N times at independently drawn protocols of the set (one session: field strength
+    and vendor shared; files ``sub-001_T2w.nii.gz``, ``sub-001_run-2_T2w.nii.gz``, ...), so a model sees
+    the same head at several TE/TR/TI/flip angles instead of each protocol confounded with its subject;
+    N = 1 writes exactly what it always did. ``phantom.json`` records the settings that
     rebuild any case (:func:`unisyn_v2.phantom.render_subject`). An existing non-empty ``output_dir`` is
     refused unless ``overwrite``; overwriting replaces only the files this function writes and deletes nothing.
     """
@@ -261,7 +318,7 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1 (got {num_cases})")
     spec = PhantomSpec(seed, shape, voxel_size_mm, PHANTOM_MODALITIES if modalities is None else tuple(modalities),
-                       protocol_ranges, skull_strip, tissue_maps_dir)
+                       protocol_ranges, skull_strip, tissue_maps_dir, protocols_per_modality)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True")
     maps_dir = spec.tissue_maps_dir
@@ -274,7 +331,9 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
     anatomy = (f"tissue maps from {maps_dir}" if maps_dir is not None
                else f"shape {list(spec.shape)} (z, y, x), voxel size {list(spec.voxel_size)} mm (x, y, z)")
     description = (f"Physics-based multi-modal brain phantom (unisyn_v2.phantom): seed {seed}, {anatomy}, "
-                   f"protocol ranges {spec.protocol_ranges}" + (", skull-stripped." if skull_strip else "."))
+                   f"protocol ranges {spec.protocol_ranges}"
+                   + (f", {spec.protocols_per_modality} protocols per MR modality" if spec.protocols_per_modality > 1 else "")
+                   + (", skull-stripped." if skull_strip else "."))
     dataset = {"name": name, "description": description, "reference": "unisyn_v2.phantom", "licence": "CC0-1.0",
                "cases": cases}
     write_json_atomic(output_dir / SPEC_FILE, spec.to_dict())

@@ -5,7 +5,8 @@ protocol ranges) and its index: its head, subject and scanner session are rebuil
 streams the generator used. Rendering takes the case's own protocol of a modality, replaces what the
 caller gives, and simulates it from the case's own image stream, so the case's dataset image comes
 back bit for bit when nothing is replaced and ``noise=True``, and a protocol sweep keeps the image's
-receiver gain (only the contrast changes).
+receiver gain (only the contrast changes). ``repetition`` picks the r-th image of an MR modality in a
+dataset written with ``protocols_per_modality`` > 1 (its own protocol, stream and gain).
 """
 
 from __future__ import annotations
@@ -84,12 +85,14 @@ class PhantomCase:
         shape = tuple(int(n) for n in self.anatomy.mask.shape)
         return Geometry(shape, tuple(g.spacing), tuple(g.origin), tuple(g.direction))  # type: ignore[arg-type]
 
-    def protocol(self, modality: str) -> ImageMetadata:
-        """The case's own protocol of ``modality`` (drawn even when its dataset has no such image)."""
-        return image_stream(self.spec, self.anatomy, self.index, modality, self._session)[0]
+    def protocol(self, modality: str, repetition: int = 1) -> ImageMetadata:
+        """The case's own protocol of ``modality`` (drawn even when its dataset has no such image);
+        ``repetition`` r: of its r-th image (MR; also beyond the dataset's ``protocols_per_modality``)."""
+        return image_stream(self.spec, self.anatomy, self.index, modality, self._session, repetition)[0]
 
-    def metadata_for(self, modality: str, metadata: ImageMetadata | Mapping[str, Any] | None = None) -> ImageMetadata:
-        """The full protocol to render: the case's own, with ``metadata`` applied over it.
+    def metadata_for(self, modality: str, metadata: ImageMetadata | Mapping[str, Any] | None = None,
+                     repetition: int = 1) -> ImageMetadata:
+        """The full protocol to render: the case's own (of image ``repetition``), with ``metadata`` applied over it.
 
         A mapping is a JSON merge patch: its fields replace the case's, and a field set to None removes
         it (``{"inversion_time": None, "repetition_time": 20, ...}`` turns an MPRAGE into a spoiled GRE).
@@ -97,8 +100,8 @@ class PhantomCase:
         (:func:`.protocols.protocol_problems`) and on the phantom's grid (voxel_size).
         """
         name = get_modality(modality).name
-        own = self.protocol(name)
-        where = f"case {self.case_id}, {name}"
+        own = self.protocol(name, repetition)
+        where = f"case {self.case_id}, {name}" + (f" repetition {repetition}" if repetition != 1 else "")
         if metadata is None:
             merged = own
         elif isinstance(metadata, ImageMetadata):
@@ -125,17 +128,19 @@ class PhantomCase:
         return merged
 
     def render(self, modality: str, metadata: ImageMetadata | Mapping[str, Any] | None = None, *, noise: bool = False,
-               bias: bool | None = None, blur: bool = True) -> np.ndarray:
+               bias: bool | None = None, blur: bool = True, repetition: int = 1) -> np.ndarray:
         """The case's ``modality`` image (float32, (z, y, x)) at the protocol :meth:`metadata_for` gives.
 
         ``noise`` switches the acquisition's noise on (Rician MR, Gaussian CT, count-dependent PET);
         ``bias`` the MR receive field (default: as ``noise``, so ``noise=True`` reproduces the dataset's
         image and ``noise=False`` is a clean ground truth); ``blur`` the PET scanner PSF. The receiver
-        gain is the case's own for this modality whatever the protocol.
+        gain is the case's own for this modality whatever the protocol. ``repetition`` r renders from the
+        r-th image of the modality (its protocol, noise and gain): with ``noise=True`` and no ``metadata``
+        it is the dataset's ``sub-XXX_run-r_<modality>`` image.
         """
         name = get_modality(modality).name
-        full = self.metadata_for(name, metadata)
-        _, rng = image_stream(self.spec, self.anatomy, self.index, name, self._session)
+        full = self.metadata_for(name, metadata, repetition)
+        _, rng = image_stream(self.spec, self.anatomy, self.index, name, self._session, repetition)
         return render_image(self.spec, self.anatomy, name, full, rng, noise=noise,
                             bias=noise if bias is None else bias, blur=blur)
 
@@ -151,15 +156,17 @@ def prompt_patch(metadata: ImageMetadata, family: ModalityFamily) -> dict[str, A
 
 def render_subject(phantom: PhantomSpec | int, case: int | str, modality: str,
                    metadata: ImageMetadata | Mapping[str, Any] | None = None, *, noise: bool = False,
-                   bias: bool | None = None, blur: bool = True) -> np.ndarray:
+                   bias: bool | None = None, blur: bool = True, repetition: int = 1) -> np.ndarray:
     """Render case ``case`` of the phantom ``phantom`` as ``modality`` at the given protocol.
 
     ``phantom`` is the dataset's :class:`PhantomSpec` (:func:`read_phantom_spec` reads it from a dataset
     folder) or a seed with the generator's defaults (64^3 voxels of 3.2 mm, all modalities, clinical
     ranges). ``case`` is a 0-based index or a case id (``sub-003``). ``metadata`` replaces fields of
     the case's own protocol (see :meth:`PhantomCase.metadata_for`); noise and bias are off by default.
-    With the dataset's own spec, no ``metadata`` and ``noise=True`` the result equals the dataset's image.
+    With the dataset's own spec, no ``metadata`` and ``noise=True`` the result equals the dataset's image
+    (``repetition`` r: its r-th image of an MR modality, ``protocols_per_modality`` > 1).
     For sweeps, build one :class:`PhantomCase` and call its ``render``.
     """
-    return PhantomCase(phantom, case).render(modality, metadata, noise=noise, bias=bias, blur=blur)
+    return PhantomCase(phantom, case).render(modality, metadata, noise=noise, bias=bias, blur=blur,
+                                             repetition=repetition)
 

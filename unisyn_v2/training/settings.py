@@ -18,8 +18,7 @@ def parse_task_filter(text: str | None) -> tuple[Task, ...] | None:
         source, sep, target = item.strip().partition("->")
         if not sep or not source.strip() or not target.strip():
             raise ValueError(f"task {item.strip()!r} must read SOURCE->TARGET, e.g. T1w->CT")
-        if source.strip() == target.strip():
-            raise ValueError(f"task {item.strip()!r}: source and target must differ")
+        # T2w->T2w is a task: a case with T2w images at two protocols (the phantom's --protocols_per_modality)
         tasks.append((source.strip(), target.strip()))
     return tuple(dict.fromkeys(tasks))
 

@@ -114,7 +114,8 @@ class SynthesisTrainer(TrainerBase):
         fraction = self.plans.training.foreground_fraction_min
         items = self.distributed.shard(self.batch_size)
         cases = CaseCollection(self.data_folder, self.train_cases)
-        sampler = PairSampler(cases.case_modalities(), self.tasks, seed=self.settings.seed)
+        sampler = PairSampler(cases.case_modalities(), self.tasks, seed=self.settings.seed,
+                              case_prompts=cases.case_prompts())
         self.trained_tasks = [task_key(s, t) for s, t in sampler.tasks()]
         builder = BatchBuilder(cases, sampler, self.patch_size, self.batch_size, self.is_slab, self.settings.seed,
                                "train", self.augmentation_params(), fraction, items=items)
@@ -122,7 +123,8 @@ class SynthesisTrainer(TrainerBase):
         val = None
         try:
             val_cases = CaseCollection(self.data_folder, self.val_cases)
-            val_sampler = PairSampler(val_cases.case_modalities(), self.tasks, seed=self.settings.seed)
+            val_sampler = PairSampler(val_cases.case_modalities(), self.tasks, seed=self.settings.seed,
+                                      case_prompts=val_cases.case_prompts())
             val_builder = BatchBuilder(val_cases, val_sampler, self.patch_size, self.batch_size, self.is_slab,
                                        self.settings.seed, "val", None, fraction, items=items)
             val = PatchLoader(val_builder, 0, num_batches=self.validation_iterations, restart_each_iteration=True)

@@ -116,10 +116,12 @@ def _reference_quantiles(trainer: "SynthesisTrainer") -> dict[str, np.ndarray]:
     return {m: np.mean(q, axis=0) for m, q in collected.items()}
 
 
-def _allowed(trainer: "SynthesisTrainer", source: str, target: str) -> bool:
-    if source.lower() == target.lower():
+def _allowed(trainer: "SynthesisTrainer", source: ImageDescription, target: ImageDescription) -> bool:
+    """A pair to validate: another modality, or the same one at another protocol (as the pair sampler)."""
+    if source.modality.lower() == target.modality.lower() and source.prompt() == target.prompt():
         return False
-    return trainer.tasks is None or any(s.lower() == source.lower() and t.lower() == target.lower() for s, t in trainer.tasks)
+    return trainer.tasks is None or any(s.lower() == source.modality.lower() and t.lower() == target.modality.lower()
+                                        for s, t in trainer.tasks)
 
 
 def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
@@ -140,7 +142,7 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
         spacing = case.properties.get("target_spacing_zyx") or (1.0, 1.0, 1.0)
         for s, source_modality in enumerate(case.modalities):
             for t, target_modality in enumerate(case.modalities):
-                if not _allowed(trainer, source_modality, target_modality):
+                if s == t or not _allowed(trainer, descriptions[s], descriptions[t]):
                     continue
                 key = task_key(source_modality, target_modality)
                 reference, source = case.data[t], case.data[s]
@@ -151,7 +153,9 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                 if target_modality in references:
                     candidates["histogram_matching"] = histogram_match(source, case.mask, references[target_modality])
                 reference_units = to_output_units(reference, channels[t], trainer)
-                row: dict[str, Any] = {"case_id": case_id}
+                # the files tell apart the pairs of a case holding one modality at several protocols
+                row: dict[str, Any] = {"case_id": case_id, "source": channels[s].get("file"),
+                                       "target": channels[t].get("file")}
                 for name, candidate in candidates.items():  # all in the target's units (its normalised space in)
                     row[name] = evaluate_in_mask(reference_units, to_output_units(candidate, channels[t], trainer), case.mask)
                 if key not in per_task and (figure_cap is None or figures < figure_cap):
@@ -160,8 +164,9 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                     save_comparison_figure(out_dir / name, source, prediction, reference, spacing_zyx=spacing,
                                            suptitle=f"{key} {case_id}: PSNR {row['model']['psnr']:.2f} dB")
                 per_task.setdefault(key, []).append(row)
-                logger.info("validation %s %s: PSNR %.2f (identity %.2f)", case_id, key, row["model"]["psnr"],
-                            row["identity"]["psnr"])
+                logger.info("validation %s %s%s: PSNR %.2f (identity %.2f)", case_id, key,
+                            "" if case.modalities.count(source_modality) == case.modalities.count(target_modality) == 1
+                            else f" ({row['source']} -> {row['target']})", row["model"]["psnr"], row["identity"]["psnr"])
     summary = _summarise(trainer, per_task, time.perf_counter() - started)
     write_json_atomic(out_dir / "summary.json", summary)
     for key, task in summary["tasks"].items():
@@ -177,10 +182,12 @@ def _summarise(trainer: "SynthesisTrainer", per_task: dict[str, list[dict[str, A
         baselines = {name: _mean([r[name] for r in rows if name in r]) for name in ("identity", "histogram_matching")}
         model = _mean([r["model"] for r in rows])
         best_baseline = max((float(b["psnr"]) for b in baselines.values() if b), default=-math.inf)
-        tasks[key] = {"mean": model, "baselines": baselines, "num_cases": len(rows),
+        tasks[key] = {"mean": model, "baselines": baselines, "num_cases": len({r["case_id"] for r in rows}),
+                      "num_pairs": len(rows),  # more than num_cases where a case holds a modality at several protocols
                       "beats_baselines": float(model["psnr"]) > best_baseline,
-                      "cases": [{"case_id": r["case_id"], **{n: {k: _json_number(v) for k, v in r[n].items()}
-                                                             for n in ("model", "identity", "histogram_matching") if n in r}}
+                      "cases": [{"case_id": r["case_id"], "source": r["source"], "target": r["target"],
+                                 **{n: {k: _json_number(v) for k, v in r[n].items()}
+                                    for n in ("model", "identity", "histogram_matching") if n in r}}
                                 for r in rows]}
     def floats(means: dict[str, Any]) -> dict[str, float]:
         return {k: float(means[k]) for k in METRICS}

@@ -71,6 +71,10 @@ class CaseCollection:
         """case id -> channel modalities (the pair sampler's input)."""
         return {c: info.modalities for c, info in self.cases.items()}
 
+    def case_prompts(self) -> dict[str, tuple[str, ...]]:
+        """case id -> prompt of each channel (tells the pair sampler which images of one modality differ)."""
+        return {c: tuple(d.prompt() for d in info.descriptions) for c, info in self.cases.items()}
+
     def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(data (C, Z, Y, X), mask (Z, Y, X)), memory-mapped, cached per process."""
         if case_id not in self._arrays:
