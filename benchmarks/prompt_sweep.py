@@ -56,7 +56,9 @@ from unisyn_v2.phantom.render import prompt_patch  # noqa: E402
 logger = logging.getLogger("benchmarks.prompt_sweep")
 
 SWEEP_MODALITIES: tuple[str, ...] = ("T1w", "T2w", "FLAIR")
-TASKS: tuple[tuple[str, str], ...] = (("T1w", "T2w"), ("T1w", "FLAIR"))  # trained both ways: T2w/FLAIR -> T1w too
+# trained both ways (T2w/FLAIR -> T1w too), plus pairs of two protocols of one modality on one subject, which
+# isolate what a parameter changes (the phantom images every MR modality several times per subject)
+TASKS: tuple[tuple[str, str], ...] = (("T1w", "T2w"), ("T1w", "FLAIR"), ("T1w", "T1w"), ("T2w", "T2w"), ("FLAIR", "FLAIR"))
 METHODS: tuple[tuple[str, str], ...] = (("GFM", "gfm"), ("CrossAttn", "crossattn"), ("One-hot", "onehot"),
                                         ("GFM + block", "gfm_block"), ("CrossAttn plain", "crossattn_plain"))
 CEILING = "Parameter-blind ceiling"
@@ -127,7 +129,7 @@ def ensure_dataset(config: common.BenchmarkConfig) -> Path:
         started = time.perf_counter()
         generate_phantom_dataset(root, config.cases, config.seed, shape=config.shape, voxel_size_mm=config.voxel_size,
                                  modalities=SWEEP_MODALITIES, skull_strip=True, complete=True, name=config.name,
-                                 protocol_ranges="wide")
+                                 protocol_ranges="wide", protocols_per_modality=config.extra["protocols_per_modality"])
         logger.info("wrote the wide-protocol phantom (%d cases) in %.0f s", config.cases, time.perf_counter() - started)
     elif len(read_json(root / "dataset.json")["cases"]) != config.cases:
         raise RuntimeError(f"{root} holds another number of cases than --cases {config.cases}; use another --out")
@@ -239,6 +241,9 @@ def run(config: common.BenchmarkConfig, methods: tuple[tuple[str, str], ...]) ->
                                        voxel_size=base.voxel_size)
             ceiling = render_truth(phantom, sweep.target, ceiling_metadata)
             source = case.descriptions[sweep.source]
+            if case_number == 0:
+                targets = [ImageDescription(sweep.target, condition_metadata(sweep, base, v), source.subject) for _, v in values]
+                plan[sweep.name]["prompt_response"] = {label: prompt_response(p, targets) for label, p in predictors.items()}
             for kind, value in values:
                 metadata = condition_metadata(sweep, base, value)
                 truth = render_truth(phantom, sweep.target, metadata)
@@ -267,6 +272,25 @@ def run(config: common.BenchmarkConfig, methods: tuple[tuple[str, str], ...]) ->
     return {"train_cases": train_ids, "test_cases": test_ids, "plan": plan, "records": records,
             "summary": summarise(records, [label for label, _ in methods] + [CEILING]),
             "_figure": figure_rows}
+
+
+def prompt_response(predictor: Any, targets: list[ImageDescription]) -> dict[str, float] | None:
+    """How much alpha and beta move across a sweep's target prompts, against their spread over channels.
+
+    The GFM's only way to follow a parameter is through (alpha_t, beta_t); a ratio near 0 means the
+    prompt arithmetic ignores it. None for networks without prompt arithmetic.
+    """
+    import torch
+
+    network = predictor.networks[0]
+    network = getattr(network, "network", network)
+    affine = getattr(network, "affine", None)
+    if affine is None or predictor.conditioner is None:
+        return None
+    with torch.no_grad():
+        alpha, beta = affine(predictor.conditioner.embed(targets))
+    return {"alpha": float(alpha.std(0).mean() / alpha.std(1).mean().clamp_min(1e-12)),
+            "beta": float(beta.std(0).mean() / beta.std(1).mean().clamp_min(1e-12))}
 
 
 def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
@@ -380,6 +404,17 @@ def markdown(config: common.BenchmarkConfig, result: dict[str, Any], methods: li
             cells = [f"{means[t][0]:.2f} / {means[t][1]:.2f}" for t in TISSUE_CLASSES]
             cells += [f"{other[t][0]:.2f} / {other[t][1]:.2f}" if other else "–" for t in TISSUE_CLASSES]
             lines.append(f"| {sweep.name} | {value} | " + " | ".join(cells) + " |")
+    lines += ["", "**Prompt arithmetic's response** (std of alpha / beta across the sweep's values over their std across "
+              "channels, first subject; 0 = the prompt's parameter is ignored)", "",
+              "| sweep | " + " | ".join(f"{m} alpha | {m} beta" for m in methods if m != CEILING) + " |",
+              "|---|" + "---|---|" * len([m for m in methods if m != CEILING])]
+    for sweep in SWEEPS:
+        response = plan[sweep.name].get("prompt_response", {})
+        cells = []
+        for method in (m for m in methods if m != CEILING):
+            r = response.get(method)
+            cells += [f"{r['alpha']:.3f}", f"{r['beta']:.3f}"] if r else ["–", "–"]
+        lines.append(f"| {sweep.name} | " + " | ".join(cells) + " |")
     lines += ["", "**Targets** (GFM: slope 0.7-1.3 and r >= 0.95 in range, right sign everywhere, >= 2 dB over one-hot, "
               "out-of-range within 3 dB of in-range)", "",
               "| method | slopes in-range | r in-range | right sign | PSNR in+intermediate | over one-hot | out - in |",
@@ -396,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_common_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=[t for _, t in METHODS],
                         help=f"trainers to compare (default all: {' '.join(t for _, t in METHODS)})")
+    parser.add_argument("--protocols-per-modality", type=int, default=3,
+                        help="images of each MR modality per subject, each at its own drawn protocol (default 3)")
     args = parser.parse_args(argv)
     config = common.make_config(args)
     config.dataset_id, config.name = 975, "PromptSweep"
@@ -403,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         config.epochs = args.epochs or 24
         config.neuroclip_epochs = args.neuroclip_epochs or 8
         config.max_test_cases = args.max_test_cases or 3
+    config.extra["protocols_per_modality"] = args.protocols_per_modality
     methods = tuple((label, trainer) for label, trainer in METHODS if trainer in args.methods)
     common.setup(config, args.verbose)
     started = time.perf_counter()

@@ -89,6 +89,7 @@ def network_kwargs(preset: Preset, slab: bool, patch: Sequence[int], text_dim: i
         "num_heads": preset.num_heads,
         **({"encoder_dilations": list(preset.encoder_dilations)} if preset.encoder_dilations else {}),
         **({"encoder_input_skip": True} if preset.encoder_input_skip else {}),
+        **({"affine_hidden": preset.affine_hidden} if preset.affine_hidden else {}),
     }
 
 

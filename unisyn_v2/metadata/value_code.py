@@ -69,7 +69,7 @@ VALUE_FIELDS: tuple[ValueField, ...] = (
     ValueField("injected_dose", "MBq", 10.0, 1000.0, log=True),
     ValueField("uptake_time", "min", 1.0, 300.0, log=True),
 )
-DEFAULT_CENTRES = 12
+DEFAULT_CENTRES = 16
 
 
 def value_code_size(centres: int = DEFAULT_CENTRES) -> int:

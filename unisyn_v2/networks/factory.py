@@ -27,11 +27,11 @@ PAPER_DECODER_HIDDEN = (2048, 1024, 1024)
 def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
                feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
                alpha_min: float = 0.05, encoder_dilations: Optional[Sequence[int]] = None,
-               encoder_input_skip: bool = False, refinement_block: bool = False) -> GFMNetwork:
+               encoder_input_skip: bool = False, refinement_block: bool = False, affine_hidden: int = 0) -> GFMNetwork:
     return GFMNetwork(
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),
-        affine=PromptAffine(text_dim, feature_dim, alpha_min=alpha_min),
+        affine=PromptAffine(text_dim, feature_dim, alpha_min=alpha_min, hidden=affine_hidden),
         decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
         refinement=RefinementBlock(feature_dim, dims) if refinement_block else None,
     )

@@ -23,22 +23,30 @@ class PromptAffine(nn.Module):
     and the alpha bias is softplus^-1(1 - alpha_min), so alpha starts ~1 and beta ~0, i.e. the
     restyling starts near the identity.
 
+    With ``hidden > 0`` the adapter is an MLP (``Linear -> GELU -> Linear``): alpha and beta can then
+    depend on products of parameters (a FLAIR's CSF null depends on TI, TR and the field together; a
+    linear map of the value code only adds one function per parameter). ``hidden = 0`` is the paper's
+    linear map.
+
     Args:
         text_dim: prompt embedding size (NeuroCLIP embedding width, or number of modalities for one-hot).
         feature_dim: image feature channels (UniSyn: 768).
         alpha_min: lower bound of alpha (> 0).
         init_std: std of the initial adapter weights.
+        hidden: width of the MLP adapter's hidden layer (0: linear, as the paper).
     """
 
-    def __init__(self, text_dim: int, feature_dim: int, alpha_min: float = 0.05, init_std: float = 0.02) -> None:
+    def __init__(self, text_dim: int, feature_dim: int, alpha_min: float = 0.05, init_std: float = 0.02,
+                 hidden: int = 0) -> None:
         super().__init__()
         if not 0.0 < alpha_min < 1.0:
             raise ValueError(f"alpha_min must be in (0, 1) so alpha can start at 1, got {alpha_min}")
-        if text_dim < 1 or feature_dim < 1:
-            raise ValueError(f"text_dim and feature_dim must be >= 1, got {text_dim}, {feature_dim}")
+        if text_dim < 1 or feature_dim < 1 or hidden < 0:
+            raise ValueError(f"text_dim and feature_dim must be >= 1 and hidden >= 0, got {text_dim}, {feature_dim}, {hidden}")
         self.alpha_min = float(alpha_min)
         self.feature_dim = feature_dim
-        self.linear = nn.Linear(text_dim, 2 * feature_dim)
+        self.hidden = (nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU()) if hidden else None)
+        self.linear = nn.Linear(hidden or text_dim, 2 * feature_dim)
         raw_alpha_at_one = math.log(math.expm1(1.0 - alpha_min))  # softplus^-1(1 - alpha_min)
         with torch.no_grad():
             nn.init.normal_(self.linear.weight, std=init_std)
@@ -49,7 +57,8 @@ class PromptAffine(nn.Module):
         """Return (alpha, beta), each (B, feature_dim), with alpha >= alpha_min."""
         if text_embedding.ndim != 2:
             raise ValueError(f"expected a (B, text_dim) prompt embedding, got shape {tuple(text_embedding.shape)}")
-        raw_alpha, beta = self.linear(text_embedding).split(self.feature_dim, dim=1)
+        features = text_embedding if self.hidden is None else self.hidden(text_embedding)
+        raw_alpha, beta = self.linear(features).split(self.feature_dim, dim=1)
         return self.alpha_min + F.softplus(raw_alpha), beta
 
 
