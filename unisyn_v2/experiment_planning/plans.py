@@ -69,7 +69,7 @@ class TextEncoderPlan:
     heads: int = 4
     embed_dim: int = 64
     value_encoding: bool = True  # numbers by value and unit (unisyn_v2.metadata.value_code), not digit strings
-    value_centres: int = 16  # soft thresholds per numeric field
+    value_centres: int = 32  # soft thresholds per numeric field
     value_weight: float = 0.5  # norm of each present field's value code (the text part has norm 1)
 
 

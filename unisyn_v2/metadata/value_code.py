@@ -10,6 +10,8 @@ field's range:
 
     theta_k = pi/2 * sigmoid((u - c_k) / w),   code_k = (cos theta_k, sin theta_k)
 
+plus one coarse pair with theta_0 = pi/2 * clip(u, 0, 1), which carries the position on the whole
+range almost linearly (so a small network can form sharp functions of it, e.g. a FLAIR's CSF null).
 Each pair has norm 1 whatever the value, so two prompts with the same fields present have embeddings
 of equal norm; and each theta_k moves monotonically with the value, so both the Euclidean and the
 cosine distance between two prompts that differ in one field grow monotonically with the difference
@@ -69,12 +71,12 @@ VALUE_FIELDS: tuple[ValueField, ...] = (
     ValueField("injected_dose", "MBq", 10.0, 1000.0, log=True),
     ValueField("uptake_time", "min", 1.0, 300.0, log=True),
 )
-DEFAULT_CENTRES = 16
+DEFAULT_CENTRES = 32
 
 
 def value_code_size(centres: int = DEFAULT_CENTRES) -> int:
-    """Length of the code: two numbers per soft threshold per field."""
-    return 2 * centres * len(VALUE_FIELDS)
+    """Length of the code: two numbers per soft threshold and for the coarse pair, per field."""
+    return 2 * (centres + 1) * len(VALUE_FIELDS)
 
 
 def field_values(description: ImageDescription) -> dict[str, float | None]:
@@ -91,13 +93,15 @@ def field_values(description: ImageDescription) -> dict[str, float | None]:
 
 
 def encode_value(field: ValueField, value: float | None, centres: int = DEFAULT_CENTRES) -> np.ndarray:
-    """(2 * centres,) code of one field: cos/sin pairs of the soft thresholds, zeros when missing."""
-    out = np.zeros(2 * centres, dtype=np.float64)
+    """(2 * (centres + 1),) code of one field: cos/sin pairs of the coarse angle and of the soft
+    thresholds; zeros when missing."""
+    out = np.zeros(2 * (centres + 1), dtype=np.float64)
     if value is None or not math.isfinite(float(value)):
         return out
     u = field.scaled(value)
     positions = (np.arange(centres) + 0.5) / centres  # evenly spread over [0, 1]
     theta = 0.5 * math.pi / (1.0 + np.exp(-(u - positions) * centres))  # width = spacing of the thresholds
+    theta = np.concatenate([[0.5 * math.pi * min(max(u, 0.0), 1.0)], theta])
     out[0::2], out[1::2] = np.cos(theta), np.sin(theta)
     return out
 

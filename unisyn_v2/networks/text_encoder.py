@@ -108,7 +108,7 @@ class MetadataTextEncoder(nn.Module):
             assert self._value_tokenizer is not None and self.value_encoding is not None
             prompt = self._value_tokenizer.decode(key)
             centres = self.value_encoding["centres"]
-            scale = self.value_encoding["weight"] / math.sqrt(centres)  # a present field has norm = weight
+            scale = self.value_encoding["weight"] / math.sqrt(centres + 1)  # a present field has norm = weight
             code = torch.from_numpy(prompt_value_code(prompt, centres)) * scale
             self._prepared[key] = (self._value_tokenizer.encode(mask_numbers(prompt)), code)
         return self._prepared[key]
