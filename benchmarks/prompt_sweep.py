@@ -426,6 +426,17 @@ def markdown(config: common.BenchmarkConfig, result: dict[str, Any], methods: li
     return "\n".join(lines) + "\n"
 
 
+def finite_or_none(value: Any) -> Any:
+    """NaN and infinities (a fit over a constant, a missing baseline) as None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_arguments(parser)
@@ -451,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     figure_path = figure(result.pop("_figure"), config.out / "prompt_sweep.png")
     text = markdown(config, result, labels) + f"\nFigure: {figure_path}; wall time {result['wall_seconds']:.0f} s\n"
-    common.write_results(config, "prompt_sweep", result, text)
+    common.write_results(config, "prompt_sweep", finite_or_none(result), text)
     logger.info("prompt sweep done in %.0f s\n%s", time.perf_counter() - started, text)
     return 0
 

@@ -4,7 +4,7 @@ A transformer reading ``TE(ms) ... 100.0`` sees digit tokens; nothing makes TE 1
 than TE 40 is (issue 16 measured cosine 0.968 for both TE 40 and TE 70, and 0.9999 for 130-200). Here
 every numeric field of a prompt is read back by :func:`~unisyn_v2.metadata.prompts.parse_prompt` (so
 its unit is the field's canonical one: ms, T, degrees, kV, MBq, min, mm, years), mapped to a scale on
-which equal steps matter equally (log for times, field, dose and voxel size; linear for flip angle,
+which equal steps matter equally (log for times, field, flip angle, dose and voxel size; linear for
 kVp and age), and encoded by ``K`` soft thresholds ("thermometer" units) spread evenly over the
 field's range:
 
@@ -65,7 +65,7 @@ VALUE_FIELDS: tuple[ValueField, ...] = (
     ValueField("repetition_time", "ms", 2.0, 20000.0, log=True),
     ValueField("echo_time", "ms", 0.5, 1000.0, log=True),
     ValueField("inversion_time", "ms", 10.0, 5000.0, log=True),
-    ValueField("flip_angle", "degree", 0.0, 180.0, log=False),
+    ValueField("flip_angle", "degree", 1.0, 180.0, log=True),  # log: 5 -> 10 degrees matters as much as 20 -> 40
     ValueField("voxel_size", "mm (geometric mean)", 0.2, 10.0, log=True),
     ValueField("kvp", "kV", 60.0, 160.0, log=False),
     ValueField("injected_dose", "MBq", 10.0, 1000.0, log=True),
