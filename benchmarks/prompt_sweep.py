@@ -447,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = common.make_config(args)
     config.dataset_id, config.name = 975, "PromptSweep"
-    if args.quick:
-        config.epochs = args.epochs or 24
+    if args.quick:  # 40 subjects x 3 protocols per MR modality, 200 epochs x 25 iterations per method
+        config.cases = args.cases or 40
+        config.epochs = args.epochs or 200
         config.neuroclip_epochs = args.neuroclip_epochs or 8
         config.max_test_cases = args.max_test_cases or 3
     config.extra["protocols_per_modality"] = args.protocols_per_modality
