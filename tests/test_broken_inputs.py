@@ -478,6 +478,9 @@ MODEL_CASES = {  # name: (model folder, break it, --target, expected)
                                          ("trainer.json: field trainer_class", "'os:GFMTrainer' is not a registered trainer")),
     "trainer_json_conditioning_not_an_object": (GFM, lambda m: _trainer_json(m, conditioning="text"), "CT",
                                                 ("trainer.json: field conditioning", "must be an object")),
+    "target_prompt_times_in_seconds": (GFM, None, "Scanner: 3.0 Siemens; Modality: T1w; Imaging parameter TR(ms), TE(ms), "
+                                       "TI(ms), and FA(degree): (2.3, 0.0023, 0.9, 8.0)",
+                                       ("target T1w", "looks like seconds", "write 2300")),
 }
 
 

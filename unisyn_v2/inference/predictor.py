@@ -195,6 +195,9 @@ class UniSynPredictor:
         targets = {t for _, t in self.trained_tasks or ()}
         if self.conditioner is None and targets and spec.modality not in targets:
             raise InputError(f"target {spec.modality}: this model takes no prompt and only synthesises {', '.join(sorted(targets))}")
+        problems = spec.metadata.problems(spec.modality)
+        if problems:  # a TR of 2.3 "ms" in a --target prompt or JSON is a unit slip, not a protocol to synthesise
+            raise InputError(f"target {spec.modality}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         if spec.modality not in self.trained_modalities:
             logger.warning("target %s was never seen in training (seen: %s); the synthesis is an extrapolation",
                            spec.modality, ", ".join(self.trained_modalities))
