@@ -68,13 +68,15 @@ def main() -> None:
     parser.add_argument("--input_skip", action=argparse.BooleanOptionalAction, default=None,
                         help="the encoder's projection also sees the input (--no-input_skip: as the paper)")
     parser.add_argument("--linear_ct", action="store_true", help="the linear ct_window instead of the brain window")
+    parser.add_argument("--affine_hidden", type=int, default=None,
+                        help="hidden width of the GFM's prompt -> (alpha, beta) MLP (0: the paper's linear map)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     network = {k: v for k, v in (("feature_dim", args.feature_dim), ("encoder_width", args.encoder_width),
                                  ("num_blocks", args.num_blocks),
                                  ("decoder_hidden", list(args.decoder) if args.decoder else None),
                                  ("encoder_dilations", list(args.dilations) if args.dilations else None),
-                                 ("encoder_input_skip", args.input_skip))
+                                 ("encoder_input_skip", args.input_skip), ("affine_hidden", args.affine_hidden))
                if v is not None}
     write_variant(args.dataset, args.name, args.base, args.configuration, args.slab_depth, network, args.linear_ct)
 

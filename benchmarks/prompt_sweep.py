@@ -47,6 +47,7 @@ from unisyn_v2.metadata.modalities import ModalityFamily  # noqa: E402
 from unisyn_v2.metadata.prompts import ImageDescription  # noqa: E402
 from unisyn_v2.metadata.typical import typical_protocol  # noqa: E402
 from unisyn_v2.experiment_planning import api  # noqa: E402
+from unisyn_v2.experiment_planning.plans import Plans  # noqa: E402
 from unisyn_v2.io_utils import read_json  # noqa: E402
 from unisyn_v2.paths import preprocessed_dir, raw_dir  # noqa: E402
 from unisyn_v2.phantom import PhantomCase, generate_phantom_dataset, read_phantom_spec  # noqa: E402
@@ -133,8 +134,15 @@ def ensure_dataset(config: common.BenchmarkConfig) -> Path:
         logger.info("wrote the wide-protocol phantom (%d cases) in %.0f s", config.cases, time.perf_counter() - started)
     elif len(read_json(root / "dataset.json")["cases"]) != config.cases:
         raise RuntimeError(f"{root} holds another number of cases than --cases {config.cases}; use another --out")
-    if not (preprocessed_dir() / config.dataset_name / "unisynPlans.json").is_file():
+    plans_file = preprocessed_dir() / config.dataset_name / "unisynPlans.json"
+    if not plans_file.is_file():
         api.plan_and_preprocess(config.dataset_id, planner=config.planner, num_processes=1, progress=False)
+        hidden = config.extra["affine_hidden"]
+        if hidden:  # the GFM's prompt -> (alpha, beta) map as an MLP (the plans' default is the paper's linear map)
+            plans = Plans.load(plans_file)
+            configurations = {name: replace(c, network_kwargs={**c.network_kwargs, "affine_hidden": hidden})
+                              for name, c in plans.configurations.items()}
+            replace(plans, configurations=configurations).save(plans_file)
     return root
 
 
@@ -444,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"trainers to compare (default all: {' '.join(t for _, t in METHODS)})")
     parser.add_argument("--protocols-per-modality", type=int, default=3,
                         help="images of each MR modality per subject, each at its own drawn protocol (default 3)")
+    parser.add_argument("--affine-hidden", type=int, default=128,
+                        help="hidden width of the GFM's prompt -> (alpha, beta) MLP written into the plans (default 128; "
+                             "0: the paper's linear map, the plans' default)")
     args = parser.parse_args(argv)
     config = common.make_config(args)
     config.dataset_id, config.name = 975, "PromptSweep"
@@ -453,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         config.neuroclip_epochs = args.neuroclip_epochs or 8
         config.max_test_cases = args.max_test_cases or 3
     config.extra["protocols_per_modality"] = args.protocols_per_modality
+    config.extra["affine_hidden"] = args.affine_hidden
     methods = tuple((label, trainer) for label, trainer in METHODS if trainer in args.methods)
     common.setup(config, args.verbose)
     started = time.perf_counter()

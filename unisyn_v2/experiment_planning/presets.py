@@ -61,8 +61,6 @@ PRESETS: dict[str, Preset] = {
         # The input skip (the encoder's 1x1 projection also sees the raw slices) lets a 32-wide trunk keep
         # voxel-level grey/white contrast: +0.4 dB mean over the 20 directions at 100 epochs, +0.7 dB at 150.
         encoder_input_skip=True,
-        # An MLP adapter lets alpha/beta depend on parameters jointly (BENCHMARKS.md, "Prompt sweep").
-        affine_hidden=128,
         slab_patch=(4, 48, 48), volume_patch=(32, 32, 32), max_batch_size=4,
         unet_base_features=8, unet_max_features=64,
         description="tiny networks that train in minutes on 2 CPU cores",
