@@ -85,7 +85,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/fusion_ablation"))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fusion_ablation",
+                        help="output folder (default $TMPDIR/fusion_ablation)")
     parser.add_argument("--epochs", type=int, default=60, help="stage-2 epochs of every trainer (default 60)")
     parser.add_argument("--cases", type=int, default=20, help="phantom cases (default 20, as the demo)")
     args = parser.parse_args(argv)

@@ -48,7 +48,7 @@ from unisyn_v2.metadata.prompts import ImageDescription  # noqa: E402
 from unisyn_v2.metadata.typical import typical_protocol  # noqa: E402
 from unisyn_v2.experiment_planning import api  # noqa: E402
 from unisyn_v2.experiment_planning.plans import Plans  # noqa: E402
-from unisyn_v2.io_utils import read_json  # noqa: E402
+from unisyn_v2.io_utils import finite_or_none, read_json  # noqa: E402
 from unisyn_v2.paths import preprocessed_dir, raw_dir  # noqa: E402
 from unisyn_v2.phantom import PhantomCase, generate_phantom_dataset, read_phantom_spec  # noqa: E402
 from unisyn_v2.phantom.protocols import flair_null_ti  # noqa: E402
@@ -432,17 +432,6 @@ def markdown(config: common.BenchmarkConfig, result: dict[str, Any], methods: li
                      f"{', '.join(f'{r:.2f}' for r in h['r_in_range'])} | {'yes' if h['right_sign_every_sweep'] else 'no'} | "
                      f"{h['psnr_in_and_intermediate']:.2f} | {h['psnr_over_onehot']:+.2f} | {h['out_of_range_minus_in_range']:+.2f} |")
     return "\n".join(lines) + "\n"
-
-
-def finite_or_none(value: Any) -> Any:
-    """NaN and infinities (a fit over a constant, a missing baseline) as None, for strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pytest
+import torch
 from scipy import ndimage
 
 from unisyn_v2.experiment_planning.plans import (
@@ -36,6 +39,16 @@ TISSUES = {
     "csf": ((3700.0, 4200.0, 1800.0, 1800.0, 1.00), 5.0, 0.4),
 }
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Module-wide: one intra-op thread (on a shared 2-core machine two threads competing with other
+    processes ran ~10x slower). Import it into a test module to apply it there."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 def _anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")

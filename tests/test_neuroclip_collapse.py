@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neuroclip_fixtures import DATASET_NAME, PLANS_NAME, toy_plans, write_toy_dataset
+from neuroclip_fixtures import DATASET_NAME, PLANS_NAME, toy_plans, write_toy_dataset, one_torch_thread  # noqa: F401 (autouse)
 from unisyn_v2.cli.train import main as train_main
 from unisyn_v2.networks.neuroclip import NeuroCLIP
 from unisyn_v2.training.checkpointing import load_checkpoint
@@ -105,12 +104,6 @@ def test_holdout_split_is_fixed_disjoint_and_complete() -> None:
 
 
 # ------------------------------------------------------ tiny NeuroCLIP runs
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from neuroclip_fixtures import DATASET_NAME, PLANS_NAME, toy_plans, write_toy_dataset
+from neuroclip_fixtures import DATASET_NAME, PLANS_NAME, toy_plans, write_toy_dataset, one_torch_thread  # noqa: F401 (autouse)
 from unisyn_v2.networks.text_artifact import load_text_encoder_artifact
 from unisyn_v2.training.checkpointing import load_checkpoint
 from unisyn_v2.training.neuroclip_trainer import NeuroCLIPTrainer
 from unisyn_v2.training.settings import TrainerSettings
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On a shared 2-core machine, 2 intra-op threads competing with other processes run ~10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -35,6 +36,17 @@ _HOST = re.sub(r"[^A-Za-z0-9.]", "-", socket.gethostname())[:40] or "host"
 _OWNER = re.compile(r"^\.tmp_(?P<host>[A-Za-z0-9.-]*)-(?P<pid>\d+)_")
 FOREIGN_TEMP_AGE_S = 24 * 3600.0  # temp files of another host are only removed when older than this
 
+
+
+def finite_or_none(value: Any) -> Any:
+    """Non-finite floats (NaN, infinities) as None, recursively through dicts and lists: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 def temp_prefix(tag: str = "") -> str:
     """``.tmp_<host>-<pid>_<tag>``: names the writer, so a later run can tell a dead writer's leftovers."""

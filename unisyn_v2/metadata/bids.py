@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-from unisyn_v2.metadata.fields import PLAUSIBLE_RANGES, ImageMetadata, MetadataError
+from unisyn_v2.metadata.fields import PLAUSIBLE_RANGES, ImageMetadata, MetadataError, parse_number
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +93,13 @@ def metadata_from_bids(sidecar: dict[str, Any], where: str = "sidecar") -> Image
             value = sidecar[key]
             if isinstance(value, list) and value:  # multi-echo: first echo
                 value = value[0]
-            values[name] = _number(value, f"{where}.{key}") * factor
+            values[name] = parse_number(value, f"{where}.{key}") * factor
             given[name] = (key, float(value))
     for key, name in _BIDS_TEXT.items():
         if isinstance(sidecar.get(key), str):
             values[name] = sidecar[key]
     if sidecar.get("InjectedRadioactivity") is not None:
-        dose = _number(sidecar["InjectedRadioactivity"], f"{where}.InjectedRadioactivity")
+        dose = parse_number(sidecar["InjectedRadioactivity"], f"{where}.InjectedRadioactivity")
         unit = str(sidecar.get("InjectedRadioactivityUnits", "MBq"))
         values["injected_dose"] = dose / 1e6 if unit == "Bq" else dose
     for name in ("repetition_time", "echo_time", "inversion_time"):
@@ -112,14 +111,6 @@ def metadata_from_bids(sidecar: dict[str, Any], where: str = "sidecar") -> Image
                 f"BIDS times are in seconds and this sidecar seems to give milliseconds (write {value / 1000:g})"
             )
     return ImageMetadata(**values)
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MetadataError(f"{where}: must be a number (got {value!r})")
-    if not math.isfinite(value):
-        raise MetadataError(f"{where}: must be finite (got {value!r})")
-    return float(value)
 
 
 def read_sidecar(image_path: Path) -> ImageMetadata | None:

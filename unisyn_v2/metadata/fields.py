@@ -225,13 +225,14 @@ def _parse_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]
         elif key == "voxel_size":
             if not (isinstance(value, (list, tuple)) and len(value) == 3):
                 raise MetadataError(f"{where}.voxel_size: must be a list of 3 numbers in mm (got {value!r})")
-            parsed[key] = tuple(_number(v, f"{where}.voxel_size") for v in value)
+            parsed[key] = tuple(parse_number(v, f"{where}.voxel_size") for v in value)
         else:
-            parsed[key] = _number(value, f"{where}.{key}")
+            parsed[key] = parse_number(value, f"{where}.{key}")
     return parsed
 
 
-def _number(value: Any, where: str) -> float:
+def parse_number(value: Any, where: str) -> float:
+    """A finite JSON number (not a bool) as float; MetadataError naming ``where`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MetadataError(f"{where}: must be a number (got {value!r})")
     if not math.isfinite(value):

@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from unisyn_v2.io_utils import finite_or_none
 from unisyn_v2.training.neuroclip_data import NeuroCLIPSample
 
 GOOD_CHECKPOINT = "checkpoint_good.pth"
@@ -93,17 +94,6 @@ class CollapseGuardConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return asdict(self)
-
-
-def json_safe(value: Any) -> Any:
-    """Non-finite floats as None (JSON has no NaN), recursively through dicts and lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
@@ -211,13 +201,13 @@ class CollapseGuard:
 
     def summary(self) -> dict[str, Any]:
         """The short record for summaries and logs."""
-        return json_safe({"status": self.status(), "recoveries": self.recoveries,
+        return finite_or_none({"status": self.status(), "recoveries": self.recoveries,
                           "max_recoveries": self.config.max_recoveries, "lr_scale": self.lr_scale,
                           "last_good_epoch": self.last_good_epoch, "events": list(self.events)})
 
     def report(self) -> dict[str, Any]:
         """``collapse_guard.json``: configuration, per-epoch probe statistics and decisions."""
-        return json_safe({**self.summary(), "config": self.config.to_dict(), "grace_epochs": self.grace_epochs,
+        return finite_or_none({**self.summary(), "config": self.config.to_dict(), "grace_epochs": self.grace_epochs,
                           "epochs": list(self.history)})
 
     def failure_message(self, where: str, batch_size: float, lr: float, warmup_fraction: float) -> str:

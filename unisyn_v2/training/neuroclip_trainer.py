@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases
-from unisyn_v2.io_utils import read_json, write_json_atomic
+from unisyn_v2.io_utils import finite_or_none, read_json, write_json_atomic
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
 from unisyn_v2.metadata.value_code import value_code_size
 from unisyn_v2.networks.factory import build_neuroclip
@@ -57,7 +57,7 @@ from unisyn_v2.training.checkpointing import (
 )
 from unisyn_v2.training.collapse_guard import (
     BAD, FAIL, GOOD, GOOD_CHECKPOINT, GRACE, GUARD_FILE, RECOVER, RESTORE_FINAL, UNJUDGED_FINAL, CollapseGuard,
-    CollapseGuardConfig, EpochCheck, NeuroCLIPCollapseError, json_safe, mean_pairwise_cosine, select_probe,
+    CollapseGuardConfig, EpochCheck, NeuroCLIPCollapseError, mean_pairwise_cosine, select_probe,
 )
 from unisyn_v2.training.neuroclip_data import (
     NeuroCLIPSample, WholeBrainCache, collect_samples, contrastive_loss, holdout_cases, typical_metadata,
@@ -340,7 +340,7 @@ class NeuroCLIPTrainer(TrainerBase):
     def _write_summary(self, evaluation: dict[str, Any], final: bool) -> Path:
         summary = {"trainer": type(self).__name__, "dataset_name": self.dataset_name, "fold": str(self.fold),
                    "epoch": self.current_epoch, "final": final, **evaluation, **self._run_record()}
-        return write_json_atomic(self.fold_folder / "validation" / "summary.json", json_safe(summary))
+        return write_json_atomic(self.fold_folder / "validation" / "summary.json", finite_or_none(summary))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Add retrieval / sensitivity numbers to the epoch's logs and refresh the validation summary."""
@@ -480,7 +480,7 @@ class NeuroCLIPTrainer(TrainerBase):
         return {"trainer": type(self).__name__, "dataset_name": self.dataset_name, "plans_name": self.plans.plans_name,
                 "fold": str(self.fold), "epochs_trained": self.current_epoch, "image_encoder_kwargs": self.image_kwargs,
                 "modalities": sorted(self.typical), "typical_metadata": self.typical,
-                "validation": json_safe({k: v for k, v in (self.last_evaluation or {}).items()
+                "validation": finite_or_none({k: v for k, v in (self.last_evaluation or {}).items()
                                          if k != "typical_metadata"})}
 
     def write_artifact(self) -> Path:
