@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from unisyn_v2.evaluation.evaluate import evaluate_folders, json_safe, match_files
 from unisyn_v2.evaluation.figures import save_comparison_figure
-from unisyn_v2.evaluation.metrics import mae, mse, psnr, ssim3d
+from unisyn_v2.evaluation.metrics import bone_metrics, mae, mse, psnr, ssim3d
 from unisyn_v2.evaluation.protocols import (
     SYNTHRAD_DATA_RANGE,
     Protocol,
@@ -70,6 +70,35 @@ def test_mask_restricts_computation():
     assert ssim3d(a, b, data_range=3.0) < 0.99
     with pytest.raises(ValueError, match="empty"):
         mae(a, b, mask=np.zeros_like(mask))
+
+
+def test_bone_metrics_hand_computed():
+    ref = np.full((2, 2, 4), 40.0)
+    pred = ref.copy()
+    ref[0, 0, :] = [1000.0, 800.0, 500.0, 301.0]  # 4 bone voxels
+    pred[0, 0, :] = [900.0, 800.0, 200.0, 40.0]  # 2 of them found (errors 100, 0, 300, 261 HU)
+    pred[1, 1, 0] = 400.0  # one false bone voxel
+    res = bone_metrics(ref, pred)
+    assert res["bone_dice"] == pytest.approx(2 * 2 / (4 + 3))
+    assert res["bone_mae"] == pytest.approx((100 + 0 + 300 + 261) / 4)
+    mask = np.ones(ref.shape)
+    mask[0, 0, 2:] = 0  # leaves out the 2 missed bone voxels
+    mask[1, 1, 0] = 0  # and the false one
+    assert bone_metrics(ref, pred, mask) == {"bone_dice": 1.0, "bone_mae": pytest.approx(50.0)}
+    assert bone_metrics(ref, pred, threshold_hu=850.0) == {"bone_dice": pytest.approx(2 * 1 / (1 + 1)), "bone_mae": 100.0}
+    with pytest.raises(ValueError, match="empty"):
+        bone_metrics(ref, pred, np.zeros(ref.shape))
+
+
+def test_bone_metrics_without_reference_bone():
+    soft = np.full((3, 3, 3), 40.0)
+    neither = bone_metrics(soft, soft + 10.0)
+    assert neither["bone_dice"] == 1.0 and math.isnan(neither["bone_mae"])
+    spurious = soft.copy()
+    spurious[1, 1, 1] = 700.0
+    only_pred = bone_metrics(soft, spurious)
+    assert only_pred["bone_dice"] == 0.0 and math.isnan(only_pred["bone_mae"])
+    assert bone_metrics(spurious, soft) == {"bone_dice": 0.0, "bone_mae": 660.0}
 
 
 def test_papers_scaling():

@@ -1,9 +1,12 @@
-"""Image similarity metrics for synthesised volumes (PSNR, 3D SSIM, MAE, MSE).
+"""Image similarity metrics for synthesised volumes (PSNR, 3D SSIM, MAE, MSE) and CT bone metrics.
 
 ``data_range`` is always an explicit argument: guessing it from the data (as some libraries
 do) makes numbers incomparable between cases and papers. PSNR of identical images is
 ``float('inf')``; the evaluation writer serialises non-finite values as strings ("inf") so
 summaries stay valid JSON.
+
+Bone metrics (:func:`bone_metrics`) score what a brain-mask MAE hides in a synthetic CT: whether the skull
+is there (Dice of the > 300 HU voxels) and how far its values are off (MAE in HU inside the reference's bone).
 """
 
 from __future__ import annotations
@@ -132,3 +135,36 @@ def ssim3d(
     if not inner_mask.any():
         raise ValueError("mask has no voxels away from the image border; SSIM undefined")
     return float(smap[inner_mask].mean())
+
+
+#: Bone threshold in HU: cortical and diploic bone lie above it, soft tissue (brain, muscle, blood) below.
+BONE_THRESHOLD_HU = 300.0
+
+
+def bone_metrics(
+    reference_hu: np.ndarray,
+    prediction_hu: np.ndarray,
+    mask: Optional[np.ndarray] = None,
+    threshold_hu: float = BONE_THRESHOLD_HU,
+) -> dict[str, float]:
+    """Bone agreement of a synthetic CT: ``{"bone_dice": ..., "bone_mae": ...}`` (both images in HU).
+
+    ``bone_dice``: Dice of (reference > threshold) and (prediction > threshold), counted inside ``mask``
+    (the head mask; a brain mask holds no bone). ``bone_mae``: mean |reference - prediction| in HU over the
+    reference's bone voxels inside ``mask``. When the reference has no bone voxel there: ``bone_mae`` is nan
+    (undefined, not 0) and ``bone_dice`` is 1.0 if the prediction has no bone either, else 0.0. An empty
+    mask is an error, as for the other metrics.
+    """
+    ref, pred, mask = _prepare(reference_hu, prediction_hu, mask)
+    ref_bone = ref > threshold_hu
+    pred_bone = pred > threshold_hu
+    if mask is not None:
+        ref_bone &= mask
+        pred_bone &= mask
+    n_ref, n_pred = int(ref_bone.sum()), int(pred_bone.sum())
+    if n_ref + n_pred == 0:
+        dice = 1.0
+    else:
+        dice = 2.0 * int(np.count_nonzero(ref_bone & pred_bone)) / (n_ref + n_pred)
+    bone_mae = float(np.mean(np.abs(ref[ref_bone] - pred[ref_bone]))) if n_ref else float("nan")
+    return {"bone_dice": float(dice), "bone_mae": bone_mae}
