@@ -1,5 +1,6 @@
-"""MR signal equations, partial-volume mixing, receive-bias field and Rician noise.
+"""MR tissue signals, partial-volume mixing, receive-bias field and Rician noise.
 
+The signal equations live in :mod:`unisyn_v2.metadata.signal_equations` (shared with the qMRI head).
 Each tissue's signal comes from its relaxation times and the image's TR/TE/TI/flip angle; a voxel's
 signal is the fraction-weighted sum of its tissues' signals (the magnetisation adds before the
 magnitude is taken for all equations below, a first-order partial-volume model).
@@ -12,6 +13,9 @@ import logging
 import numpy as np
 
 from unisyn_v2.metadata.fields import ImageMetadata
+from unisyn_v2.metadata.signal_equations import (  # noqa: F401  (the phantom's equations, re-exported)
+    MPRAGE_INVERSION_EFFICIENCY, MPRAGE_PULSES_TO_CENTRE, inversion_recovery, mprage, spin_echo, spoiled_gre,
+)
 
 from .protocols import nominal_protocol
 from .tissues import BRAIN_TISSUES, TISSUES, PhantomSubject, mri_parameters
@@ -21,50 +25,6 @@ logger = logging.getLogger(__name__)
 GAMMA_MHZ_PER_T = 42.577  # proton gyromagnetic ratio / 2 pi
 # Gadobutrol r1 relaxivity in plasma (1/(mM s)): 5.2 at 1.5 T, 5.0 at 3 T (Rohrer et al., Invest Radiol 2005).
 GD_R1_PER_MS = {1.5: 5.2e-3, 3.0: 5.0e-3}
-MPRAGE_PULSES_TO_CENTRE = 64  # readout pulses before the k-space centre (128-pulse train)
-MPRAGE_INVERSION_EFFICIENCY = 0.96  # adiabatic inversion (Deichmann et al., NeuroImage 2000)
-
-
-def spin_echo(pd: np.ndarray, t1: np.ndarray, t2: np.ndarray, tr: float, te: float) -> np.ndarray:
-    """S = PD (1 - exp(-TR/T1)) exp(-TE/T2) (T2w, PD)."""
-    return pd * (1.0 - np.exp(-tr / t1)) * np.exp(-te / t2)
-
-
-def inversion_recovery(pd: np.ndarray, t1: np.ndarray, t2: np.ndarray, tr: float, te: float, ti: float) -> np.ndarray:
-    """S = PD |1 - 2 exp(-TI/T1) + exp(-TR/T1)| exp(-TE/T2) (FLAIR, STIR), magnitude reconstruction."""
-    return pd * np.abs(1.0 - 2.0 * np.exp(-ti / t1) + np.exp(-tr / t1)) * np.exp(-te / t2)
-
-
-def spoiled_gre(pd: np.ndarray, t1: np.ndarray, t2s: np.ndarray, tr: float, te: float, flip_deg: float) -> np.ndarray:
-    """S = PD sin(a) (1 - E1) / (1 - cos(a) E1) exp(-TE/T2*) (FLASH/SPGR, T2*w, SWI magnitude)."""
-    a = np.deg2rad(flip_deg)
-    e1 = np.exp(-tr / t1)
-    return pd * np.sin(a) * (1.0 - e1) / (1.0 - np.cos(a) * e1) * np.exp(-te / t2s)
-
-
-def mprage(pd: np.ndarray, t1: np.ndarray, t2s: np.ndarray, tr: float, te: float, ti: float, flip_deg: float) -> np.ndarray:
-    """Inversion-prepared gradient echo (MPRAGE) in its steady state over repeated inversions.
-
-    Per TR: inversion (efficiency 0.96), recovery until the readout train starts, a train of 2n
-    spoiled pulses spaced by ``2 TE + 2.5`` ms that drives Mz towards the GRE steady state, and
-    recovery until the next inversion. TI is measured to the k-space centre (pulse n; Siemens
-    convention) and the signal is sampled there (Deichmann et al., NeuroImage 2000;12:112).
-    """
-    a = np.deg2rad(flip_deg)
-    spacing = 2.0 * te + 2.5  # ms between readout pulses
-    n = max(0, min(MPRAGE_PULSES_TO_CENTRE, int(0.9 * ti / spacing), int((tr - ti) / spacing)))
-    t_start = ti - n * spacing  # inversion to first readout pulse
-    t_delay = max(tr - t_start - 2 * n * spacing, 0.0)  # last readout pulse to the next inversion
-    e_start, e_delay = np.exp(-t_start / t1), np.exp(-t_delay / t1)
-    c = np.cos(a) * np.exp(-spacing / t1)  # per-pulse decay of the deviation from steady state
-    m_ss = (1.0 - np.exp(-spacing / t1)) / (1.0 - c)
-    # Mz before the inversion, x, is the fixed point of one TR: x = A - B x.
-    a_term = (1.0 - e_delay) + e_delay * (m_ss + ((1.0 - e_start) - m_ss) * c ** (2 * n))
-    b_term = e_delay * MPRAGE_INVERSION_EFFICIENCY * e_start * c ** (2 * n)
-    before_inversion = a_term / (1.0 + b_term)
-    m_start = (1.0 - e_start) - MPRAGE_INVERSION_EFFICIENCY * before_inversion * e_start
-    m_centre = m_ss + (m_start - m_ss) * c ** n
-    return pd * np.sin(a) * np.abs(m_centre) * np.exp(-te / t2s)
 
 
 def _filled(metadata: ImageMetadata, modality: str) -> ImageMetadata:
