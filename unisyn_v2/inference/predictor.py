@@ -2,9 +2,9 @@
 
 Prediction repeats training's preprocessing from the model folder alone (plans.json): the chosen
 source image is cropped, normalised and resampled like a training case, conditioned on its own and
-the target's descriptions, predicted by a Gaussian-weighted sliding window (fp32, tiles batched, the
-2.5D slabs stitched along z like any other axis, optional mirroring TTA at 2^n forward passes per
-tile), averaged over folds, and exported by :mod:`unisyn_v2.inference.export`.
+the target's descriptions, predicted by a Gaussian-weighted sliding window (fp32, tiles batched, a
+2.5D slab at every z slice so that no slab border shows as a step, optional mirroring TTA at 2^n
+forward passes per tile), averaged over folds, and exported by :mod:`unisyn_v2.inference.export`.
 The command line (``unisyn_predict``) is a thin layer over :meth:`UniSynPredictor.predict`.
 """
 
@@ -55,6 +55,7 @@ class PredictionSettings:
     mirror_axes: tuple[int, ...] | None = None  # None: in-plane (y, x) for 2.5D, all three axes for 3D
     accumulate_on_device: bool = True
     progress: bool = True
+    slab_z_step: int | None = 1  # 2.5D: a slab at every z slice (no seams at slab borders); None: step_size along z too
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -252,6 +253,7 @@ class UniSynPredictor:
                 tile_batch_size=s.tile_batch_size, out_channels=1, device=self.device,
                 accumulate_on_device=s.accumulate_on_device, use_mirroring=s.use_mirroring,
                 mirror_axes=self._mirror_axes(), progress=s.progress, pad_value=pad_value,
+                z_step=s.slab_z_step if self.configuration.is_slab else None,
             )
             total = prediction if total is None else total + prediction
         assert total is not None

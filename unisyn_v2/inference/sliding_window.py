@@ -4,6 +4,15 @@ Follows nnU-Net's tiling rule and Gaussian importance weighting, but accumulates
 (the outputs are intensities, not logits, so fp16 accumulation would cost precision).
 The window is always 3D over (z, y, x); a 2.5D network is wrapped by the caller's predictor
 adapter. This module imports no model code.
+
+2.5D slab models and seams: a k-slice slab model predicts each of its k output slices from a different
+output channel, so the same anatomy comes out slightly differently at each slab position. With the
+nnU-Net step (k/2 slices) and the Gaussian along z (sigma = k/8, so the two outer slices of a 4-slice
+slab weigh 0.02), every slice is taken almost entirely from one slab at one position, and the source
+slab and position alternate along z: a staircase at every slab border in coronal and sagittal views
+(issue 17). With ``z_step=1`` every slice is predicted at every slab position with the same weights,
+so no slice differs from its neighbour by where the slab borders fall (``unisyn_v2.evaluation.seams``
+measures it); it costs about k * step_size times the tiles along z (2x for k = 4, 4x for k = 8 at step 0.5).
 """
 
 from __future__ import annotations
@@ -36,12 +45,17 @@ GAUSSIAN_FLOOR = 1e-4
 PROGRESS_LOG_INTERVAL_S = 20.0
 
 
-def compute_tile_starts(image_size: Sequence[int], tile_size: Sequence[int], step_size: float) -> list[list[int]]:
+def compute_tile_starts(image_size: Sequence[int], tile_size: Sequence[int], step_size: float,
+                        z_step: Optional[int] = None) -> list[list[int]]:
     """Per-axis tile start offsets using nnU-Net's rule.
 
     n = ceil((size - tile) / (tile * step)) + 1 tiles per axis, spaced evenly from 0 to
     size - tile, so the first tile touches the start and the last one the end of the axis.
+    ``z_step`` (voxels) replaces the rule on the first axis: starts 0, z_step, ... and size - tile
+    (``z_step=1``: a window at every z, what 2.5D slab models need to leave no seams).
     """
+    if z_step is not None and int(z_step) < 1:
+        raise ValueError(f"z_step must be a whole number of voxels >= 1, got {z_step}")
     if len(image_size) != len(tile_size):
         raise ValueError(f"image_size {tuple(image_size)} and tile_size {tuple(tile_size)} differ in length")
     if not 0 < step_size <= 1:
@@ -57,6 +71,9 @@ def compute_tile_starts(image_size: Sequence[int], tile_size: Sequence[int], ste
             continue
         spacing = max_start / (n - 1)
         starts.append([int(round(spacing * i)) for i in range(n)])
+    if z_step is not None:
+        last = image_size[0] - tile_size[0]
+        starts[0] = sorted(set(range(0, last + 1, int(z_step))) | {last})
     return starts
 
 
@@ -89,6 +106,17 @@ def gaussian_importance_map(
     """
     tile = tuple(int(t) for t in tile_size)
     return _gaussian_cached(tile, float(sigma_scale), torch.device(device), dtype).clone()
+
+
+def z_window_layout(n_slices: int, tile_z: int, step_size: float = 0.5, z_step: Optional[int] = None,
+                    use_gaussian: bool = True) -> tuple[list[int], list[float]]:
+    """Window starts (in slices of the unpadded axis, so negative with ``z_step``'s margin) and blending
+    weights along z as :func:`sliding_window_predict` uses them, so a seam measure can find where one
+    slab hands over to the next. Needs n_slices >= tile_z."""
+    margin = tile_z - 1 if z_step is not None else 0
+    starts = [s - margin for s in compute_tile_starts([n_slices + 2 * margin], [tile_z], step_size, z_step)[0]]
+    weights = gaussian_importance_map((tile_z,)) if use_gaussian else torch.ones(tile_z)
+    return starts, [float(w) for w in weights]
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -132,10 +160,11 @@ def _run_tiles(
     accum_device: torch.device,
     flips: list[tuple[int, ...]],
     progress: bool,
+    z_step: Optional[int] = None,
 ) -> Tensor:
     """One full sliding-window pass over an already padded (C, Z, Y, X) image."""
     spatial = tuple(image.shape[1:])
-    starts = compute_tile_starts(spatial, tile, step_size)
+    starts = compute_tile_starts(spatial, tile, step_size, z_step)
     slicers = [
         tuple(slice(s, s + t) for s, t in zip(pos, tile)) for pos in itertools.product(*starts)
     ]
@@ -186,12 +215,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _pad_to_tile(image: Tensor, tile: Sequence[int], pad_value: float) -> tuple[Tensor, tuple[slice, ...]]:
-    """Symmetric constant padding up to the tile size; returns the crop that undoes it."""
+def _pad_to_tile(image: Tensor, tile: Sequence[int], pad_value: float, z_margin: int = 0) -> tuple[Tensor, tuple[slice, ...]]:
+    """Symmetric constant padding up to the tile size (plus ``z_margin`` slices at both ends of z);
+    returns the crop that undoes it."""
     pads: list[tuple[int, int]] = []
     crop: list[slice] = []
-    for size, t in zip(image.shape[1:], tile):
-        total = max(t - size, 0)
+    for axis, (size, t) in enumerate(zip(image.shape[1:], tile)):
+        margin = z_margin if axis == 0 else 0
+        total = max(t - size - 2 * margin, 0) + 2 * margin
         before = total // 2
         pads.append((before, total - before))
         crop.append(slice(before, before + size))
@@ -215,6 +246,7 @@ def sliding_window_predict(
     mirror_axes: Sequence[int] = (0, 1, 2),
     progress: bool = False,
     pad_value: float = 0.0,
+    z_step: Optional[int] = None,
 ) -> Tensor:
     """Predict a whole (C, Z, Y, X) volume tile by tile and blend the tiles.
 
@@ -224,6 +256,10 @@ def sliding_window_predict(
     Mirroring TTA averages all 2^len(mirror_axes) flip combinations, i.e. it costs 2^n forward
     passes per tile (8 for three axes). If accumulating on ``device`` runs out of memory, the
     whole pass is retried with accumulation (and the image) on the CPU, with a warning.
+    ``z_step`` (voxels) places a window every ``z_step`` slices along z instead of the step_size rule;
+    2.5D slab models use 1 so that no slab border shows as a step (see the module docstring). With it the
+    image is also padded by tile_z - 1 slices at both ends of z, so the first and last slices are seen at
+    every slab position too and blended like every other slice.
     Returns float32 (C_out, Z, Y, X) on the CPU.
     """
     if image.ndim != 4:
@@ -237,10 +273,10 @@ def sliding_window_predict(
     flips = _mirror_combinations(mirror_axes) if use_mirroring else [()]
     kwargs = dict(
         tile=tile, step_size=step_size, use_gaussian=use_gaussian, tile_batch_size=tile_batch_size,
-        out_channels=out_channels, device=device, flips=flips, progress=progress,
+        out_channels=out_channels, device=device, flips=flips, progress=progress, z_step=z_step,
     )
     with torch.inference_mode():
-        padded, crop = _pad_to_tile(image.float(), tile, pad_value)
+        padded, crop = _pad_to_tile(image.float(), tile, pad_value, z_margin=tile[0] - 1 if z_step is not None else 0)
         if accumulate_on_device:
             try:
                 result = _run_tiles(padded, predictor, accum_device=device, **kwargs)
@@ -272,6 +308,7 @@ class SlidingWindowPredictor:
     mirror_axes: Sequence[int] = (0, 1, 2)
     progress: bool = False
     pad_value: float = 0.0
+    z_step: Optional[int] = None
 
     def __call__(self, image: Tensor, predictor: Predictor) -> Tensor:
         """Run :func:`sliding_window_predict` with the stored settings."""
@@ -279,5 +316,5 @@ class SlidingWindowPredictor:
             image, predictor, self.tile_size, step_size=self.step_size, use_gaussian=self.use_gaussian,
             tile_batch_size=self.tile_batch_size, out_channels=self.out_channels, device=self.device,
             accumulate_on_device=self.accumulate_on_device, use_mirroring=self.use_mirroring,
-            mirror_axes=self.mirror_axes, progress=self.progress, pad_value=self.pad_value,
+            mirror_axes=self.mirror_axes, progress=self.progress, pad_value=self.pad_value, z_step=self.z_step,
         )
