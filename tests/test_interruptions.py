@@ -89,7 +89,7 @@ def test_preprocessing_killed_then_rerun_equals_uninterrupted(unisyn_dirs: dict[
     live.unlink()
     assert not _temp_files(unisyn_dirs["preprocessed"])
     names = sorted(p.name for p in reference.iterdir())
-    assert names == sorted(p.name for p in out.iterdir()) and len(names) == 30
+    assert names == sorted(p.name for p in out.iterdir()) and len(names) == 40  # .json, .npy, _mask.npy, _head.npy
     for name in names:
         if name.endswith(".npy"):
             expected, got = np.load(reference / name), np.load(out / name)

@@ -17,6 +17,7 @@ from unisyn_v2.experiment_planning import api
 from unisyn_v2.metadata.modalities import Modality, ModalityFamily, get_modality, register_modality
 from unisyn_v2.preprocessing.case_preprocessor import restore_prediction
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
+from unisyn_v2.preprocessing.cropping import bbox_from_list
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_mni2mm"
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real_mni2mm is absent")
@@ -62,7 +63,11 @@ def test_real_templates_fingerprint_and_preprocess(unisyn_dirs: dict[str, Path])
     restored, unit = restore_prediction(ct_channel, case.properties, plans, "CT")
     original, _ = read_image(REAL / "CT_rorden30_HU.nii.gz")
     assert unit == "HU"
-    assert np.abs(restored - np.clip(original, -1024, 3071)).max() < 0.5
+    box = bbox_from_list(case.properties["bbox_zyx"])  # outside the head's box the restore writes air
+    assert np.abs(restored[box] - np.clip(original, -1024, 3071)[box]).max() < 0.5
+    outside = np.ones(original.shape, bool)
+    outside[box] = False
+    assert np.all(restored[outside] == -1000.0)
 
     pet = load_preprocessed_case(pre / plans.configuration().data_identifier, "fil12")
     pet_channel = pet.data[pet.channel_of("H2O-PET")]

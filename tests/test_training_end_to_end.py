@@ -47,7 +47,10 @@ def test_gfm_end_to_end_and_model_folder_loader(toy: dict[str, Path]) -> None:
     assert summary["protocol"] == "reference" and summary["num_cases"] == 1
     assert sorted(summary["tasks"]) == ALL_TASKS
     task = summary["tasks"]["T1w->CT"]
-    assert set(task["mean"]) == {"psnr", "ssim", "mae", "papers_psnr", "papers_ssim"}
+    brain = {"psnr", "ssim", "mae", "papers_psnr", "papers_ssim"}
+    head = {"head_psnr", "head_ssim", "head_mae"}
+    assert set(task["mean"]) == brain | head | {"head_mae_hu", "head_psnr_synthrad", "bone_dice", "bone_mae"}
+    assert set(summary["tasks"]["CT->T1w"]["mean"]) == brain | head  # bone metrics are for CT targets only
     assert set(task["baselines"]) == {"identity", "histogram_matching"}
     assert task["cases"][0]["case_id"] == trainer.val_cases[0]
     assert set(summary["mean_over_tasks"]) == {"model", "identity", "histogram_matching"}

@@ -118,7 +118,8 @@ def write_training_dataset(preprocessed_root: Path, num_cases: int = 5, shape: t
                              "normalization": _channel_normalization(modality), "file": None})
         properties = {"case_id": case_id, "subject": subject.to_dict(), "channels": channels,
                       "target_spacing_zyx": [2.0, 2.0, 2.0], "shape_after_resampling_zyx": list(shape)}
-        save_preprocessed_case(data_folder, PreprocessedCase(case_id, np.stack(arrays), mask, properties))
+        head = ndimage.binary_dilation(mask > 0, iterations=2).astype(np.uint8)  # a "skull" shell around the brain
+        save_preprocessed_case(data_folder, PreprocessedCase(case_id, np.stack(arrays), mask, properties, head))
     plans.save(folder / f"{plans.plans_name}.json")
     write_json_atomic(folder / "splits_final.json", make_splits(case_ids))
     write_json_atomic(folder / "dataset.json", {"name": "TrainToy", "description": "training test data", "cases": []})

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "at a time (default 1: in this process)")
     run.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs are complete")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument("--keep_background", action="store_true",
+                     help="keep the network's values outside the source's head (default: air, -1000 HU, for CT and 0 "
+                          "for MRI/PET there; the head is the source's thresholded, hole-filled foreground)")
     run.add_argument("--disable_progress_bar", action="store_true")
     add_common_arguments(parser)
     return parser
@@ -75,7 +78,8 @@ def _predict(args: argparse.Namespace) -> int:
         resolve_command_line_trainer(args.trainer)
     folder = args.model_folder or find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name)
     settings = PredictionSettings(step_size=args.step_size, tile_batch_size=args.tile_batch_size, use_mirroring=args.tta,
-                                  accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar)
+                                  accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar,
+                                  background_outside_head=not args.keep_background)
     predictor = UniSynPredictor.from_model_folder(folder, args.folds, args.chk, args.device, settings)
     paths = predictor.predict(args.input, args.output, args.target, args.source, args.source_image,
                               args.continue_prediction, args.overwrite, args.num_processes)

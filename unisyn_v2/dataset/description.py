@@ -174,7 +174,7 @@ def _case_id_problem(case_id: Any) -> str | None:
 
 def _colliding_ids(ids: list[str]) -> list[Problem]:
     """Ids whose files would overwrite each other: equal but for letter case (case-insensitive file systems), or
-    '<id>_mask', the name of case <id>'s preprocessed brain mask."""
+    '<id>_mask' or '<id>_head', the names of case <id>'s preprocessed brain and head masks."""
     problems: list[Problem] = []
     folded: dict[str, str] = {}
     for case_id in ids:
@@ -184,9 +184,10 @@ def _colliding_ids(ids: list[str]) -> list[Problem]:
                                     "on case-insensitive file systems (macOS, Windows): rename one", case=case_id, field="id"))
     known = set(ids)
     for case_id in ids:
-        if case_id.endswith("_mask") and case_id[: -len("_mask")] in known:
-            problems.append(Problem(f"case id {case_id!r} collides with the preprocessed brain mask of case "
-                                    f"{case_id[: -len('_mask')]!r} ({case_id}.npy); rename it", case=case_id, field="id"))
+        for suffix, what in (("_mask", "brain mask"), ("_head", "head mask")):
+            if case_id.endswith(suffix) and case_id[: -len(suffix)] in known:
+                problems.append(Problem(f"case id {case_id!r} collides with the preprocessed {what} of case "
+                                        f"{case_id[: -len(suffix)]!r} ({case_id}.npy); rename it", case=case_id, field="id"))
     return problems
 
 

@@ -21,6 +21,9 @@ CONFIGURATION_NAMES = ("2.5d", "3d")
 MAX_PATCH_EDGE = 2048
 MAX_PATCH_VOXELS = 512**3
 MAX_BATCH_SIZE = 4096
+# Loss and scoring regions: ``brain`` (the brain mask) or ``head`` (the hole-filled head foreground).
+LOSS_REGIONS = ("brain", "head")
+DEFAULT_LOSS_REGION = {"CT": "head", "PET": "brain", "MRI": "brain"}
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names that become file or folder names
 
 
@@ -102,6 +105,10 @@ class TrainingPlan:
     feature_loss: str = "scale_invariant"
     grad_clip: float = 12.0
     foreground_fraction_min: float = 0.25  # patches with less brain than this are under-sampled
+    # Where the synthesis loss counts in full, per target family (elsewhere it is weighted down): the whole
+    # head for CT (the skull is what MR -> CT users need: attenuation correction, dose planning, SynthRAD),
+    # the brain for MRI (its normalisation depends on brain percentiles, the scalp is partly unpredictable).
+    loss_region: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LOSS_REGION))
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,10 @@ class Plans:
     typical_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = PLANS_FORMAT_VERSION
     planner_version: str = "1"
+
+    def loss_region(self, family: str) -> str:
+        """``brain`` or ``head``: where the synthesis loss of a target of this family counts in full."""
+        return self.training.loss_region.get(str(family), DEFAULT_LOSS_REGION.get(str(family), "brain"))
 
     def configuration(self, name: str | None = None) -> ConfigurationPlan:
         """A configuration by name (default: the plans' default)."""
@@ -300,6 +311,11 @@ def _check_values(plans: Plans, source: str) -> None:
     at_least("text_encoder.value_centres", plans.text_encoder.value_centres, 1, 256)
     positive("text_encoder.value_weight", plans.text_encoder.value_weight)
     positive("training.grad_clip", training.grad_clip)
+    for family, region in training.loss_region.items():
+        if family not in DEFAULT_LOSS_REGION:
+            fail(f"training.loss_region.{family}", f"unknown modality family (use {', '.join(DEFAULT_LOSS_REGION)})")
+        if region not in LOSS_REGIONS:
+            fail(f"training.loss_region.{family}", f"{region!r} is not one of {', '.join(LOSS_REGIONS)}")
     at_least("training.foreground_fraction_min", training.foreground_fraction_min, 0, 1)
 
 

@@ -203,9 +203,11 @@ def build_sidecar(case_id: str, target: ImageDescription, sources: Sequence[tupl
 
 
 def export_prediction(prediction: np.ndarray, properties: dict[str, Any], plans: Plans, target_modality: str,
-                      geometry: Geometry, image_path: Path, sidecar: dict[str, Any]) -> tuple[Path, str]:
-    """Restore units and grid, write image then sidecar atomically; returns (image path, unit)."""
-    array, unit = restore_prediction(prediction, properties, plans, target_modality)
+                      geometry: Geometry, image_path: Path, sidecar: dict[str, Any],
+                      head_mask: np.ndarray | None = None) -> tuple[Path, str]:
+    """Restore units, physical range and grid (background outside ``head_mask``), write image then sidecar
+    atomically; returns (image path, unit)."""
+    array, unit = restore_prediction(prediction, properties, plans, target_modality, head_mask)
     if tuple(array.shape) != tuple(geometry.shape_zyx):
         raise RuntimeError(f"{image_path}: restored shape {array.shape} differs from the source grid {geometry.shape_zyx}")
     if not np.isfinite(array).all():

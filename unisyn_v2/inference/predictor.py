@@ -37,6 +37,7 @@ from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.networks.slice_adapter import SlicesAsChannels
 from unisyn_v2.paths import results_dir
 from unisyn_v2.preprocessing.case_preprocessor import normalizer_for, preprocess_case, with_header_voxel_size
+from unisyn_v2.preprocessing.foreground import case_foreground
 from unisyn_v2.preprocessing.normalization import NormalizationParameters
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class PredictionSettings:
     mirror_axes: tuple[int, ...] | None = None  # None: in-plane (y, x) for 2.5D, all three axes for 3D
     accumulate_on_device: bool = True
     progress: bool = True
+    background_outside_head: bool = True  # write air (CT) / zero (MRI, PET) outside the source's head mask
     slab_z_step: int | None = 1  # 2.5D: a slab at every z slice (no seams at slab borders); None: step_size along z too
 
 
@@ -266,7 +268,8 @@ class UniSynPredictor:
         if source.modality not in self.plans.normalization:
             raise InputError(f"case {case_id}: source modality {source.modality} is unknown to this model "
                              f"(planned: {', '.join(self.plans.normalization)}); pick another source with --source-image")
-        data, _mask, properties = preprocess_case([image], [source], geometry, self.plans, brain_mask, case_id, files)
+        arrays = preprocess_case([image], [source], geometry, self.plans, brain_mask, case_id, files)
+        data, properties = arrays.data, arrays.properties
         params = NormalizationParameters.from_dict(properties["channels"][0]["normalization"])
         normalizer = normalizer_for(self.plans, source.modality)
         pad = float(normalizer.forward(np.array([normalizer.background_value], np.float32), params)[0])
@@ -318,7 +321,11 @@ class UniSynPredictor:
         image_path, _ = output_paths(Path(output_folder), case.case_id, target.modality)
         sidecar = build_sidecar(case.case_id, target_description, [(chosen.path, source)], self.model_description,
                                 self.settings_description(), self.prompt_style)
-        return export_prediction(prediction, properties, self.plans, target.modality, geometry, image_path, sidecar)[0]
+        head = None
+        if self.settings.background_outside_head:  # air/zero outside the source's head, as a scanner writes it
+            head = case_foreground([image], [source.modality]) | (mask if mask is not None else False)
+        return export_prediction(prediction, properties, self.plans, target.modality, geometry, image_path, sidecar,
+                                 head)[0]
 
     def predict(self, inputs: Sequence[str | Path], output_folder: str | Path, target: str | Path | DescriptionSpec,
                 source: str | Path | DescriptionSpec | None = None, source_image: str | Path | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,15 @@ def with_header_voxel_size(description: ImageDescription, geometry: Geometry) ->
     return replace(description, metadata=replace(description.metadata, voxel_size=voxel))
 
 
+class PreprocessedArrays(NamedTuple):
+    """What :func:`preprocess_case` returns: the target-spacing arrays and the properties that undo them."""
+
+    data: np.ndarray  # float32 (C, Z, Y, X)
+    mask: np.ndarray  # uint8 (Z, Y, X) brain mask
+    properties: dict[str, Any]
+    head: np.ndarray  # uint8 (Z, Y, X) head foreground (hole-filled): the loss and scoring region of CT
+
+
 def preprocess_case(
     images: Sequence[np.ndarray],
     descriptions: Sequence[ImageDescription],
@@ -56,13 +65,14 @@ def preprocess_case(
     brain_mask: np.ndarray | None = None,
     case_id: str = "case",
     files: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Crop, normalise and resample one case; returns (data (C, Z, Y, X), mask (Z, Y, X), properties)."""
+) -> PreprocessedArrays:
+    """Crop, normalise and resample one case (see :class:`PreprocessedArrays`)."""
     modalities = [d.modality for d in descriptions]
     head = case_foreground(images, modalities)
     mask = brain_mask.astype(bool) if brain_mask is not None else head
     bbox = foreground_bbox([head | mask])
     cropped_mask = crop_to_bbox(mask, bbox)
+    cropped_head = crop_to_bbox(head | mask, bbox)
     channels: list[np.ndarray] = []
     channel_properties: list[dict[str, Any]] = []
     for index, (image, description) in enumerate(zip(images, descriptions)):
@@ -94,6 +104,7 @@ def preprocess_case(
     threshold = float(plans.resampling.get("anisotropy_threshold", 3.0))
     data = resample_image(stacked, spacing, new_shape=new_shape, order=order, anisotropy_threshold=threshold)
     resampled_mask = resample_mask(cropped_mask.astype(np.uint8), new_shape)
+    resampled_head = resample_mask(cropped_head.astype(np.uint8), new_shape)
     properties = {
         "case_id": case_id,
         "subject": descriptions[0].subject.to_dict() if descriptions else {},
@@ -105,7 +116,7 @@ def preprocess_case(
         "shape_after_resampling_zyx": list(data.shape[1:]),
         "target_spacing_zyx": list(target),
     }
-    return data.astype(np.float32, copy=False), resampled_mask, properties
+    return PreprocessedArrays(data.astype(np.float32, copy=False), resampled_mask, properties, resampled_head)
 
 
 def target_normalization(plans: Plans, modality: str) -> tuple[IntensityNormalizer, NormalizationParameters]:
@@ -117,18 +128,25 @@ def target_normalization(plans: Plans, modality: str) -> tuple[IntensityNormaliz
     return normalizer, params
 
 
-def restore_prediction(prediction: np.ndarray, properties: dict[str, Any], plans: Plans, modality: str) -> tuple[np.ndarray, str]:
+def restore_prediction(prediction: np.ndarray, properties: dict[str, Any], plans: Plans, modality: str,
+                       head_mask: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Map a normalised prediction on the preprocessed grid back to the original grid and units.
 
-    Returns (array in the original (z, y, x) shape, unit). Outside the crop box the target's background
-    value is used (air, -1000 HU, for CT).
+    Returns (array in the original (z, y, x) shape, unit). Values are limited to what the modality allows
+    (CT >= -1024 HU, MRI and PET >= 0). Outside the crop box, and outside ``head_mask`` (original grid; the
+    source's head, :func:`~unisyn_v2.preprocessing.foreground.case_foreground`) when given, the target's
+    background value is written (air, -1000 HU, for CT; 0 for MRI and PET).
     """
     normalizer, params = target_normalization(plans, modality)
     crop_shape = tuple(int(v) for v in properties["shape_after_crop_zyx"])
     order = int(plans.resampling.get("image_order", 1))
     back = resample_to_shape(np.asarray(prediction, dtype=np.float32), crop_shape, order=order,
                              spacing_zyx=properties["target_spacing_zyx"])
-    restored = normalizer.inverse(back, params)
+    restored = normalizer.limit_to_physical(normalizer.inverse(back, params))
     geometry = Geometry.from_dict(properties["original_geometry"])
     full = uncrop(restored, bbox_from_list(properties["bbox_zyx"]), geometry.shape_zyx, fill_value=normalizer.background_value)
+    if head_mask is not None:
+        if tuple(head_mask.shape) != tuple(full.shape):
+            raise ValueError(f"head mask shape {tuple(head_mask.shape)} differs from the output grid {tuple(full.shape)}")
+        full[~np.asarray(head_mask, dtype=bool)] = normalizer.background_value
     return full.astype(np.float32, copy=False), normalizer.output_unit(params)

@@ -1,4 +1,5 @@
-"""Preprocessed cases on disk: ``<case>.npy`` (C, Z, Y, X), ``<case>_mask.npy`` and ``<case>.json``.
+"""Preprocessed cases on disk: ``<case>.npy`` (C, Z, Y, X), ``<case>_mask.npy`` (brain),
+``<case>_head.npy`` (head foreground, hole-filled) and ``<case>.json``.
 
 Plain ``.npy`` files are memory-mapped by the training loader, so a patch read touches only the pages
 it needs. The properties JSON is written last, atomically: a case counts as done only when its
@@ -23,8 +24,9 @@ class PreprocessedCase:
 
     case_id: str
     data: np.ndarray  # float32 (C, Z, Y, X)
-    mask: np.ndarray  # uint8 (Z, Y, X)
+    mask: np.ndarray  # uint8 (Z, Y, X) brain mask
     properties: dict[str, Any]
+    head: np.ndarray | None = None  # uint8 (Z, Y, X) head mask; None for cases preprocessed before it existed
 
     @property
     def modalities(self) -> list[str]:
@@ -68,6 +70,8 @@ def save_preprocessed_case(folder: Path, case: PreprocessedCase) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _save_npy_atomic(folder / f"{case.case_id}.npy", np.ascontiguousarray(case.data, dtype=np.float32))
     _save_npy_atomic(folder / f"{case.case_id}_mask.npy", np.ascontiguousarray(case.mask, dtype=np.uint8))
+    if case.head is not None:
+        _save_npy_atomic(folder / f"{case.case_id}_head.npy", np.ascontiguousarray(case.head, dtype=np.uint8))
     write_json_atomic(folder / f"{case.case_id}.json", case.properties)
 
 
@@ -78,7 +82,9 @@ def load_preprocessed_case(folder: Path, case_id: str, mmap: bool = True) -> Pre
     properties = read_json(folder / f"{case_id}.json")
     data = np.load(folder / f"{case_id}.npy", mmap_mode=mode)
     mask = np.load(folder / f"{case_id}_mask.npy", mmap_mode=mode)
-    return PreprocessedCase(case_id, data, mask, properties)
+    head_path = folder / f"{case_id}_head.npy"
+    head = np.load(head_path, mmap_mode=mode) if head_path.is_file() else None
+    return PreprocessedCase(case_id, data, mask, properties, head)
 
 
 def preprocessed_case_ids(folder: Path) -> list[str]:

@@ -78,6 +78,14 @@ class IntensityNormalizer(ABC):
     scheme: ClassVar[str]
     #: Raw intensity of empty space, used to fill outside the crop box when exporting.
     background_value: ClassVar[float] = 0.0
+    #: The lowest value the modality can physically take in :meth:`output_unit` (magnitude MRI and activity
+    #: concentrations are never negative; CT stops at the air floor of the HU storage range).
+    physical_minimum: ClassVar[float] = 0.0
+
+    def limit_to_physical(self, array: np.ndarray) -> np.ndarray:
+        """A synthesised image (in :meth:`output_unit`) clipped to what the modality allows: a regression
+        undershoots at sharp edges (the scalp ring of a PET, air next to bone), which no scanner produces."""
+        return np.maximum(np.asarray(array, dtype=np.float32), np.float32(self.physical_minimum))
 
     @abstractmethod
     def fit(self, image: np.ndarray, mask: np.ndarray | None = None, **kwargs: Any) -> NormalizationParameters:
@@ -144,6 +152,7 @@ class CTNormalizer(AffineNormalizer):
 
     scheme = "ct_window"
     background_value = -1000.0
+    physical_minimum = -1024.0
 
     def __init__(self, clip_low: float = -1024.0, clip_high: float = 3071.0) -> None:
         if not clip_high > clip_low:
@@ -186,6 +195,7 @@ class CTBrainWindowNormalizer(IntensityNormalizer):
 
     scheme = "ct_brain_window"
     background_value = -1000.0
+    physical_minimum = -1024.0
     NORMALISED_KNOTS: ClassVar[tuple[float, float, float, float]] = (-1.0, 0.0, 1.0, 2.0)
 
     def __init__(self, window_low: float = -20.0, window_high: float = 100.0, clip_low: float = -1024.0,

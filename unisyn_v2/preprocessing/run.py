@@ -51,7 +51,8 @@ def case_signature(description: DatasetDescription, case_id: str, plans: Plans) 
 
 def _is_up_to_date(folder: Path, case_id: str, signature: str) -> bool:
     properties = folder / f"{case_id}.json"
-    if not (properties.is_file() and (folder / f"{case_id}.npy").is_file() and (folder / f"{case_id}_mask.npy").is_file()):
+    arrays = (f"{case_id}.npy", f"{case_id}_mask.npy", f"{case_id}_head.npy")  # no head mask: from an older version
+    if not (properties.is_file() and all((folder / name).is_file() for name in arrays)):
         return False
     try:
         return read_json(properties).get("signature") == signature
@@ -70,12 +71,13 @@ def _preprocess_one(job: PreprocessingJob, case_id: str) -> str:
         array, geometry = read_image(description.path_of(image.file))
         images.append(array)
     mask = read_image(description.path_of(case.brain_mask))[0] > 0.5 if case.brain_mask else None
-    data, resampled_mask, properties = preprocess_case(
+    arrays = preprocess_case(
         images, [case.describe(image) for image in case.images], geometry, job.plans, mask, case_id,
         files=[image.file for image in case.images],
     )
-    properties["signature"] = signature
-    save_preprocessed_case(job.output_folder, PreprocessedCase(case_id, data, resampled_mask, properties))
+    arrays.properties["signature"] = signature
+    save_preprocessed_case(job.output_folder,
+                           PreprocessedCase(case_id, arrays.data, arrays.mask, arrays.properties, arrays.head))
     return "written"
 
 

@@ -33,7 +33,7 @@ class GFMTrainer(SynthesisTrainer):
             target_hat = network.decode(anatomy_source, b["target_text"])
             source_hat = network.decode(anatomy_target, b["source_text"])
             return self.cyclic_loss(target_hat, b["target"], source_hat, b["source_clean"],
-                                    anatomy_source, anatomy_target, b["weight"])
+                                    anatomy_source, anatomy_target, b["weight"], b["source_weight"])
 
         b = self.batch_to_device(batch)
         with self.autocast():

@@ -6,11 +6,11 @@ source; ``L_f = L1(f0_source, f0_target)`` pulls the two anatomy features togeth
 (0.1 and 1.0). The paper writes sums; means are used here so the weights do not depend on patch or
 feature size (the ratio of the two terms is what the lambdas set).
 
-Synthesis terms take an optional voxel weight (:func:`brain_weight`): 1 inside the brain mask and
-``background_weight`` outside. Metrics are computed in the brain (as the evaluation is), and the
-background of non-skull-stripped data (scalp, bone, air after an MRI normalisation that depends on
-the brain's own percentiles) is partly unpredictable, so letting it dominate the L1 wastes capacity.
-With ``background_weight = 1`` the loss is the paper's plain L1.
+Synthesis terms take an optional voxel weight (:func:`brain_weight`): 1 inside the loss region and
+``background_weight`` outside. The region is the plans' choice per target family: the brain for MRI,
+whose background (scalp, bone, air after a normalisation that depends on the brain's own percentiles)
+is partly unpredictable, so letting it dominate the L1 wastes capacity; the whole head for CT, where
+the skull is the point. With ``background_weight = 1`` the loss is the paper's plain L1.
 """
 
 from __future__ import annotations
@@ -86,12 +86,15 @@ class GFMCyclicLoss(torch.nn.Module):
 
     def forward(self, target_hat: torch.Tensor, target: torch.Tensor, source_hat: torch.Tensor,
                 source: torch.Tensor, anatomy_source: torch.Tensor, anatomy_target: torch.Tensor,
-                weight: torch.Tensor | None = None) -> CyclicLossTerms:
+                weight: torch.Tensor | None = None, source_weight: torch.Tensor | None = None) -> CyclicLossTerms:
+        """``weight`` weighs the target's synthesis, ``source_weight`` the source's (default: ``weight``):
+        the loss region follows the family of the image synthesised."""
+        source_weight = weight if source_weight is None else source_weight
         if self.feature_loss == "paper":
             feature = F.l1_loss(anatomy_source.float(), anatomy_target.float())
         else:
             feature = scale_invariant_l1(anatomy_source, anatomy_target)
-        synthesis = weighted_l1(target_hat, target, weight) + weighted_l1(source_hat, source, weight)
+        synthesis = weighted_l1(target_hat, target, weight) + weighted_l1(source_hat, source, source_weight)
         total = self.lambda_feature * feature + self.lambda_synthesis * synthesis
         return CyclicLossTerms(total, feature, synthesis)
 

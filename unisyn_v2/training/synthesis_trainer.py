@@ -23,6 +23,7 @@ from torch import nn
 from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases, make_splits, validate_splits
 from unisyn_v2.io_utils import read_json, write_json_atomic
+from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.metadata.typical import typical_protocol
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.factory import build_synthesis_network
@@ -218,12 +219,22 @@ class SynthesisTrainer(TrainerBase):
         out.setdefault("source_clean", out["source"])
         mask = (torch.from_numpy(batch["mask"]).to(self.device) if "mask" in batch
                 else torch.ones(batch["source"].shape, device=self.device))
-        out["mask"] = self.to_net(mask)
-        out["weight"] = brain_weight(out["mask"], self.background_weight)
+        head = torch.from_numpy(batch["head"]).to(self.device) if "head" in batch else mask
+        out["mask"], out["head"] = self.to_net(mask), self.to_net(head)
+        out["weight"] = self.region_weight(out["mask"], out["head"], batch["target_descriptions"])
+        out["source_weight"] = self.region_weight(out["mask"], out["head"], batch["source_descriptions"])
         embed = self.conditioner.embed if self.conditioner is not None else (lambda _d: None)
         out["source_text"] = embed(batch["source_descriptions"])
         out["target_text"] = embed(batch["target_descriptions"])
         return out
+
+    def region_weight(self, brain: torch.Tensor, head: torch.Tensor, descriptions: list[Any]) -> torch.Tensor:
+        """Per-item voxel weights of the synthesis loss: 1 in each item's loss region (the plans' ``loss_region``
+        of the synthesised image's family: the head for CT, the brain for MRI), ``background_weight`` elsewhere."""
+        use_head = torch.tensor([self.plans.loss_region(get_modality(d.modality).family) == "head" for d in descriptions],
+                                device=brain.device).view(-1, *([1] * (brain.dim() - 1)))
+        region = torch.where(use_head, head, brain)
+        return brain_weight(region, self.background_weight)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """L1 of source -> target (+ target -> source when ``both_directions``)."""
@@ -232,7 +243,7 @@ class SynthesisTrainer(TrainerBase):
             loss = weighted_l1(synthesis, b["target"], b["weight"])
             if self.both_directions:
                 back = network(b["target"], b["target_text"], b["source_text"]).synthesis
-                loss = loss + weighted_l1(back, b["source_clean"], b["weight"])
+                loss = loss + weighted_l1(back, b["source_clean"], b["source_weight"])
             return loss
 
         b = self.batch_to_device(batch)

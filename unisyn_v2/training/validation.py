@@ -2,7 +2,8 @@
 
 For each validation case and each (source, target) task it holds (within the task filter), the whole
 preprocessed source volume is synthesised (Gaussian-blended tiles of the training patch size) and
-compared with the ground truth inside the brain mask, on the preprocessed grid in output units: every
+compared with the ground truth inside the brain mask (and in the head mask: ``head_*``; for CT the bone, > 300 HU),
+on the preprocessed grid in output units, predictions limited to the modality's physical range: every
 array goes through the target image's inverse normalisation first (HU for CT, SUV or SUVR for PET, the
 image's own normalised scale for MRI), so a nonlinear scheme (the CT brain window) cannot change what
 is measured. Headline metrics (``psnr``, ``ssim``, ``mae``) use the ``reference`` protocol: both images
@@ -26,9 +27,11 @@ import numpy as np
 import torch
 
 from unisyn_v2.evaluation.figures import save_comparison_figure
+from unisyn_v2.evaluation.metrics import bone_metrics
 from unisyn_v2.evaluation.protocols import evaluate_pair
 from unisyn_v2.inference.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import write_json_atomic
+from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.preprocessing.case_preprocessor import normalizer_for
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
@@ -79,16 +82,29 @@ def histogram_match(source: np.ndarray, mask: np.ndarray, reference_quantiles: n
     return np.interp(source, source_q, reference_quantiles).astype(np.float32)
 
 
-def evaluate_in_mask(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+def evaluate_in_mask(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray,
+                     head: np.ndarray | None = None, is_ct: bool = False) -> dict[str, float]:
     """``reference``-protocol PSNR / SSIM / MAE in the brain, plus the papers protocol's PSNR / SSIM (with
-    the reference copied outside the brain, so only the brain differs)."""
+    the reference copied outside the brain, so only the brain differs).
+
+    With ``head``: ``head_psnr`` / ``head_ssim`` / ``head_mae`` under the same protocol in the head mask. For CT
+    (arrays in HU) also the SynthRAD view of the head (``head_mae_hu``, ``head_psnr_synthrad``) and the bone
+    (> 300 HU): ``bone_dice`` and ``bone_mae`` (HU, in the reference's bone)."""
     inside = mask > 0
     region = mask if inside.any() else None
     values = evaluate_pair(reference, prediction, "reference", region)
     candidate = np.where(inside, prediction, reference) if inside.any() else prediction
     papers = evaluate_pair(reference, candidate, "papers", region)
-    return {"psnr": float(values["psnr"]), "ssim": float(values["ssim"]), "mae": float(values["mae"]),
-            "papers_psnr": float(papers["psnr"]), "papers_ssim": float(papers["ssim"])}
+    result = {"psnr": float(values["psnr"]), "ssim": float(values["ssim"]), "mae": float(values["mae"]),
+              "papers_psnr": float(papers["psnr"]), "papers_ssim": float(papers["ssim"])}
+    if head is not None and np.any(head):
+        in_head = evaluate_pair(reference, prediction, "reference", head)
+        result.update({f"head_{k}": float(in_head[k]) for k in ("psnr", "ssim", "mae")})
+        if is_ct:
+            synthrad = evaluate_pair(reference, prediction, "synthrad", head)
+            result.update({"head_mae_hu": float(synthrad["mae"]), "head_psnr_synthrad": float(synthrad["psnr"]),
+                           **{k: float(v) for k, v in bone_metrics(reference, prediction, mask=head).items()}})
+    return result
 
 
 def to_output_units(array: np.ndarray, channel: dict[str, Any], trainer: "SynthesisTrainer") -> np.ndarray:
@@ -102,7 +118,16 @@ def _json_number(value: float) -> float | str:
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float | str]:
-    return {k: _json_number(float(np.mean([r[k] for r in rows]))) for k in METRICS} if rows else {}
+    """Mean of every metric all rows hold (head and bone metrics exist only where a head mask / CT does;
+    a bone MAE is NaN for a reference without bone and left out of its mean)."""
+    if not rows:
+        return {}
+    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    means = {}
+    for k in keys:
+        values = [float(r[k]) for r in rows if not (k == "bone_mae" and math.isnan(float(r[k])))]
+        means[k] = _json_number(float(np.mean(values))) if values else "nan"
+    return means
 
 
 def _reference_quantiles(trainer: "SynthesisTrainer") -> dict[str, np.ndarray]:
@@ -153,11 +178,14 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                 if target_modality in references:
                     candidates["histogram_matching"] = histogram_match(source, case.mask, references[target_modality])
                 reference_units = to_output_units(reference, channels[t], trainer)
+                limit = normalizer_for(trainer.plans, target_modality).limit_to_physical
+                is_ct = get_modality(target_modality).family is ModalityFamily.CT
                 # the files tell apart the pairs of a case holding one modality at several protocols
                 row: dict[str, Any] = {"case_id": case_id, "source": channels[s].get("file"),
                                        "target": channels[t].get("file")}
                 for name, candidate in candidates.items():  # all in the target's units (its normalised space in)
-                    row[name] = evaluate_in_mask(reference_units, to_output_units(candidate, channels[t], trainer), case.mask)
+                    row[name] = evaluate_in_mask(reference_units, limit(to_output_units(candidate, channels[t], trainer)),
+                                                 case.mask, case.head, is_ct)
                 if key not in per_task and (figure_cap is None or figures < figure_cap):
                     figures += 1
                     name = f"{case_id}_{source_modality}_to_{target_modality}.png"
@@ -196,6 +224,8 @@ def _summarise(trainer: "SynthesisTrainer", per_task: dict[str, list[dict[str, A
     for name in ("identity", "histogram_matching"):
         overall[name] = _mean([floats(t["baselines"][name]) for t in tasks.values() if t["baselines"].get(name)])
     return {"protocol": "reference", "papers_metrics": "papers_psnr, papers_ssim: papers protocol", "space": "output units (preprocessed grid)", "region": "brain mask",
+            "head_metrics": "head_*: the same protocol in the head mask; CT: head_mae_hu / head_psnr_synthrad (SynthRAD "
+                            "protocol in the head), bone_dice / bone_mae (> 300 HU)",
             "trainer": type(trainer).__name__, "dataset": trainer.dataset_name, "configuration": trainer.configuration,
             "fold": str(trainer.fold), "epoch": trainer.current_epoch, "num_cases": len({r["case_id"] for rows in per_task.values() for r in rows}),
             "seconds": round(seconds, 1), "mean_over_tasks": overall, "tasks": tasks}

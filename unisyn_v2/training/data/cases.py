@@ -7,6 +7,7 @@ spawned worker processes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +18,8 @@ from unisyn_v2.io_utils import read_json
 from unisyn_v2.metadata.fields import ImageMetadata, SubjectMetadata
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
+
+logger = logging.getLogger(__name__)
 
 MAX_FOREGROUND_POINTS = 20000
 
@@ -59,7 +62,7 @@ class CaseCollection:
             self.cases[case_id] = CaseInfo(
                 case_id, tuple(c["modality"] for c in channels),
                 tuple(description_from_channel(c, properties.get("subject") or {}) for c in channels))
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._foreground: dict[str, np.ndarray] = {}
 
     @property
@@ -75,11 +78,16 @@ class CaseCollection:
         """case id -> prompt of each channel (tells the pair sampler which images of one modality differ)."""
         return {c: tuple(d.prompt() for d in info.descriptions) for c, info in self.cases.items()}
 
-    def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(data (C, Z, Y, X), mask (Z, Y, X)), memory-mapped, cached per process."""
+    def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(data (C, Z, Y, X), brain mask (Z, Y, X), head mask (Z, Y, X)), memory-mapped, cached per process.
+
+        A case preprocessed before head masks existed uses its brain mask as head (the former loss region)."""
         if case_id not in self._arrays:
             case = load_preprocessed_case(self.folder, case_id, mmap=True)
-            self._arrays[case_id] = (case.data, case.mask)
+            if case.head is None:
+                logger.warning("case %s in %s has no head mask (%s_head.npy): CT is trained in the brain only; "
+                               "run unisyn_plan_and_preprocess again to add it", case_id, self.folder, case_id)
+            self._arrays[case_id] = (case.data, case.mask, case.mask if case.head is None else case.head)
         return self._arrays[case_id]
 
     def foreground_points(self, case_id: str) -> np.ndarray:

@@ -36,7 +36,8 @@ class BatchBuilder:
 
     Batch dict: ``source``/``target`` float32 (B, 1, *patch_size) (2.5D: patch (k, H, W)),
     ``source_clean`` (the source before intensity augmentation, the ground truth of the reverse
-    direction), ``mask`` (uint8 brain mask, warped with the images), ``case_ids``, ``tasks``
+    direction), ``mask`` (uint8 brain mask, warped with the images), ``head`` (uint8 head mask, likewise),
+    ``case_ids``, ``tasks``
     (``"T1w->CT"``), ``source_descriptions`` / ``target_descriptions`` (ImageDescription lists), ``index``.
     ``batch_size`` is the global batch; ``items`` ``(start, stop)`` selects this rank's share of it.
     """
@@ -69,21 +70,23 @@ class BatchBuilder:
         shape = (stop - start, 1, *self.patch_size)
         batch: dict[str, Any] = {"source": np.empty(shape, np.float32), "target": np.empty(shape, np.float32),
                                  "source_clean": np.empty(shape, np.float32), "mask": np.empty(shape, np.uint8),
+                                 "head": np.empty(shape, np.uint8),
                                  "case_ids": [], "tasks": [], "source_descriptions": [],
                                  "target_descriptions": [], "index": int(index)}
         for b, item in enumerate(range(start, stop)):
             rng = self.rng_for(index, item)
             pair = self.sampler.sample(rng)
-            data, mask = self.cases.arrays(pair.case_id)
+            data, mask, head = self.cases.arrays(pair.case_id)
             start = choose_patch_start(mask, self.patch_size, rng, self.foreground_fraction_min,
                                        self.background_keep_probability,
                                        foreground_points=self.cases.foreground_points(pair.case_id))
             spatial = sample_spatial(rng, self.augmentation, self.is_slab)
-            patch = extract_patch([data[pair.source_channel], data[pair.target_channel], mask], start,
+            patch = extract_patch([data[pair.source_channel], data[pair.target_channel], mask, head], start,
                                   self.patch_size, spatial)
             batch["source"][b, 0] = augment_intensity(patch[0], rng, self.augmentation, self.is_slab)
             batch["source_clean"][b, 0] = patch[0]
             batch["mask"][b, 0] = patch[2] > 0.5
+            batch["head"][b, 0] = patch[3] > 0.5
             batch["target"][b, 0] = patch[1]
             info = self.cases.cases[pair.case_id]
             batch["case_ids"].append(pair.case_id)
