@@ -4,6 +4,14 @@ Protocols: ``papers`` (each image scaled to [0, 1], TUMSyn/UniSyn numbers), ``sy
 SynthRAD2023 window, MAE in HU) and ``reference`` (both images on the reference's 0.5-99.5th percentile
 range, the trainers' validation); ``auto`` (default) picks ``synthrad`` when every prediction's sidecar
 says its target is CT and ``papers`` otherwise. The protocol used is recorded in summary.json.
+Regions: ``psnr``/``ssim``/``mae`` inside ``--mask`` (brain) when given, else the whole image (``synthrad``:
+the head); ``head_*`` always, inside ``--head_mask`` or a head mask derived from the reference (threshold,
+largest component, hole filling; CT > -500 HU); ``bone_dice``/``bone_mae`` (> 300 HU) for CT references.
+``--modality`` names the references' modality; without it each reference is taken as CT when >= 1 % of it
+is below -500 and some of it above 300, else as MRI-like. A reference and prediction in grossly different
+units (CT in HU vs not, or a factor > 5 in scale) stop the evaluation with a one-line error naming both
+files (a warning under ``papers``, which scales each image on its own); ``--allow_scale_mismatch`` makes it
+a warning.
 Figures (``--figure``): ``<summary folder>/figures/<case>.png`` with source, synthesis, ground truth and
 |error| in three orientations; the source is found in ``--source DIR`` (a file named ``<case>.*`` or
 ``<case>_*``) or, failing that, from the prediction's sidecar.
@@ -95,7 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-ref", "--reference", required=True, help="folder of reference images")
     parser.add_argument("-pred", "--prediction", required=True, help="folder of predictions (<case>_<target>.nii.gz pairs with <case>_<target>.* or <case>.*)")
-    parser.add_argument("--mask", default=None, help="folder of masks, named like the references; metrics inside the mask")
+    parser.add_argument("--mask", "--mask_dir", dest="mask", default=None,
+                        help="folder of brain masks, named like the references; psnr/ssim/mae inside the mask")
+    parser.add_argument("--head_mask", "--head_mask_dir", dest="head_mask", default=None,
+                        help="folder of head (body) masks for head_* and bone metrics (default: derived from each reference)")
+    parser.add_argument("--modality", default=None,
+                        help="modality of the references, e.g. CT or FLAIR (default: inferred per case, CT or MRI-like)")
+    parser.add_argument("--allow_scale_mismatch", action="store_true",
+                        help="score a reference and prediction in grossly different units with a warning instead of an error")
     parser.add_argument("--protocol", default="auto", choices=["auto", *[p.value for p in Protocol]])
     parser.add_argument("-o", "--output", default=None, help="summary JSON path (default <pred>/summary.json; CSV beside it)")
     parser.add_argument("--figure", action="store_true", help="also write a comparison PNG per case")
@@ -110,9 +125,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
     protocol = choose_protocol(args.protocol, pred_dir)
     output = Path(args.output) if args.output else pred_dir / "summary.json"
-    summary = evaluate_folders(ref_dir, pred_dir, protocol, args.mask, output)
+    summary = evaluate_folders(ref_dir, pred_dir, protocol, args.mask, output, head_mask_dir=args.head_mask,
+                               modality=args.modality, allow_scale_mismatch=args.allow_scale_mismatch)
     mean = summary["mean"]
-    print(f"{summary['n_cases']} case(s), protocol {protocol.value}: PSNR {mean['psnr']:.3f}, SSIM {mean['ssim']:.4f}, MAE {mean['mae']:.4f}")
+    line = (f"{summary['n_cases']} case(s), protocol {protocol.value}: {summary['region']} PSNR {mean['psnr']:.3f}, "
+            f"SSIM {mean['ssim']:.4f}, MAE {mean['mae']:.4f}; head PSNR {mean['head_psnr']:.3f}, "
+            f"SSIM {mean['head_ssim']:.4f}, MAE {mean['head_mae']:.4f}")
+    if "bone_dice" in mean:
+        line += f"; bone Dice {mean['bone_dice']:.3f}, bone MAE {mean['bone_mae']:.1f} HU"
+    print(line)
     print(output)
     print(output.with_suffix(".csv"))
     if args.figure:

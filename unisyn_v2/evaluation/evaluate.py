@@ -11,6 +11,29 @@ Outputs: ``summary.json`` (protocol, per-case metrics, mean/std) and ``summary.c
 per case), both written atomically. Non-finite values (PSNR of identical images is inf) are
 written as the strings "inf", "-inf" or "nan" so the JSON stays standard; means and standard
 deviations are over all cases, so one infinite PSNR makes the PSNR mean "inf".
+
+Regions (issue 17: a brain-mask MAE hid a synthetic CT without skull). Per case and in ``mean``/``std``:
+
+- ``psnr``, ``ssim``, ``mae``: as before this schema, inside the ``mask_dir`` mask (brain) when one is
+  given, else over the whole image; except under ``synthrad`` without ``mask_dir``, which scores the head
+  mask (SynthRAD scores over the body mask; the whole image would count air). ``summary["region"]`` says
+  which: ``"brain"``, ``"head"`` or ``"image"``.
+- ``head_psnr``, ``head_ssim``, ``head_mae``: always, inside the head mask: from ``head_mask_dir`` (matched as
+  the brain masks are) or derived from the reference with
+  :func:`unisyn_v2.preprocessing.foreground.case_foreground` (threshold, largest component, hole filling;
+  CT > -500 HU). ``summary["head_mask"]`` is ``"given"`` or ``"derived"``.
+- ``bone_dice``, ``bone_mae``: for CT references (``synthrad`` or modality CT), in HU inside the head mask
+  (:func:`unisyn_v2.evaluation.metrics.bone_metrics`, threshold 300 HU). ``bone_mae`` is nan for a case
+  whose reference has no bone; its mean skips such cases.
+
+The modality (which threshold derives the head, whether bone is scored) is ``modality`` when given, else
+inferred per case from the reference: ``"CT"`` when >= 1 % of it is below -500 and some of it above 300,
+else ``"MRI-like"`` (MRI and PET share one foreground rule). It is recorded per case.
+
+Units: before scoring, :func:`unisyn_v2.evaluation.protocols.scale_mismatch` compares the two images (CT in
+HU or not; robust magnitude inside the head); a gross difference is a one-line ``ValueError`` naming both
+files, or a warning with ``allow_scale_mismatch``. Under ``papers`` it is only a warning: that protocol maps
+each image to [0, 1] on its own, so a gain or unit difference does not change its numbers.
 """
 
 from __future__ import annotations
@@ -27,13 +50,22 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from unisyn_v2.dataset.image_io import read_image
-from unisyn_v2.evaluation.protocols import Protocol, evaluate_pair
+from unisyn_v2.evaluation.metrics import bone_metrics
+from unisyn_v2.evaluation.protocols import Protocol, evaluate_pair, infer_modality, scale_mismatch
 from unisyn_v2.io_utils import expect_size, replace_atomic
+from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
+from unisyn_v2.preprocessing.foreground import case_foreground
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 METRIC_NAMES = ("psnr", "ssim", "mae")
+HEAD_METRIC_NAMES = ("head_psnr", "head_ssim", "head_mae")
+BONE_METRIC_NAMES = ("bone_dice", "bone_mae")
+SCALE_MISMATCH_FIX = ("rescale one to the other's unit (or give the reference in the unit the predictor writes: "
+                      "HU for CT, SUV for PET, normalised x1000 for MRI), or pass --allow_scale_mismatch to score anyway")
+#: Modality name given to the foreground rule for a reference inferred to be MRI-like (MRI and PET share it).
+MRI_LIKE_FOREGROUND_MODALITY = "T1w"
 PathLike = Union[str, os.PathLike]
 
 
@@ -129,10 +161,17 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 def _aggregate(cases: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and std per metric over the cases that have it; bone_mae skips cases without reference bone (nan)."""
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
-    for name in METRIC_NAMES:
-        values = np.array([c[name] for c in cases], dtype=np.float64)
+    for name in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES):
+        values = np.array([c[name] for c in cases if name in c], dtype=np.float64)
+        if name == "bone_mae":
+            values = values[~np.isnan(values)]
+        if values.size == 0:
+            if any(name in c for c in cases):
+                mean[name] = std[name] = float("nan")
+            continue
         with np.errstate(invalid="ignore"):
             mean[name] = float(np.mean(values))
             std[name] = float(np.std(values))
@@ -141,12 +180,41 @@ def _aggregate(cases: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str,
 
 def _csv_text(cases: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    fields = ["case", "reference", "prediction", *METRIC_NAMES]
+    metrics = [n for n in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES) if any(n in c for c in cases)]
+    fields = ["case", "reference", "prediction", *metrics, "modality"]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for case in cases:
-        writer.writerow({k: (repr(case[k]) if isinstance(case[k], float) else case[k]) for k in fields})
+        writer.writerow({k: (repr(case[k]) if isinstance(case[k], float) else case[k]) if k in case else "" for k in fields})
     return buffer.getvalue()
+
+
+def _check_mask_folders(preds: dict[str, Path], refs: list[Path], mask_dir: Optional[PathLike], what: str) -> dict[str, Path]:
+    """Masks for every evaluated reference, or a one-line error listing those without."""
+    if mask_dir is None:
+        return {}
+    masks = match_masks(refs, _list_images(Path(mask_dir)))
+    lacking = [name for name in preds if name not in masks]
+    if lacking:
+        raise ValueError(f"no {what} in {mask_dir} for references {lacking}")
+    return masks
+
+
+def _read_mask(path: Path, ref_path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    mask, _ = _read(path)
+    if mask.shape != shape:
+        raise ValueError(f"shape mismatch: reference {ref_path} {shape} vs mask {path} {mask.shape}")
+    return mask > 0
+
+
+def head_mask_of(reference: np.ndarray, modality: str) -> np.ndarray:
+    """The head of a reference image: :func:`case_foreground` with CT's or MRI/PET's threshold."""
+    name = MRI_LIKE_FOREGROUND_MODALITY if modality == "MRI-like" else modality
+    return case_foreground([np.asarray(reference, dtype=np.float64)], [name])
+
+
+def _is_ct(modality: str) -> bool:
+    return modality != "MRI-like" and get_modality(modality).family is ModalityFamily.CT
 
 
 def evaluate_folders(
@@ -155,15 +223,23 @@ def evaluate_folders(
     protocol: Union[Protocol, str],
     mask_dir: Optional[PathLike] = None,
     output_file: Optional[PathLike] = None,
+    head_mask_dir: Optional[PathLike] = None,
+    modality: Optional[str] = None,
+    allow_scale_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every prediction against its reference and write summary.json / summary.csv.
 
-    ``output_file`` is the JSON path (default ``<pred_dir>/summary.json``); the CSV is written
-    next to it with the ``.csv`` suffix. Returns the summary dict (with raw floats, inf included).
+    ``mask_dir`` holds brain masks, ``head_mask_dir`` head masks (derived from the reference when absent);
+    ``modality`` names the references' modality (inferred per case when absent); see the module docstring
+    for the metrics and regions. ``output_file`` is the JSON path (default ``<pred_dir>/summary.json``); the
+    CSV is written next to it with the ``.csv`` suffix. Returns the summary dict (raw floats, inf included).
     """
     protocol = Protocol(protocol)
+    if modality is not None:
+        modality = get_modality(modality).name  # unknown names fail here, listing the known ones
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
-    for folder in (ref_dir, pred_dir) + ((Path(mask_dir),) if mask_dir is not None else ()):
+    optional = tuple(Path(d) for d in (mask_dir, head_mask_dir) if d is not None)
+    for folder in (ref_dir, pred_dir) + optional:
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
     refs = _list_images(ref_dir)
@@ -177,12 +253,9 @@ def evaluate_folders(
         logger.warning("no prediction for reference %s; case skipped", name)
     if not preds:
         raise ValueError(f"no prediction in {pred_dir} matches a reference in {ref_dir}")
-    masks: dict[str, Path] = {}
-    if mask_dir is not None:
-        masks = match_masks(refs, _list_images(Path(mask_dir)))
-        lacking = [name for name in preds if name not in masks]
-        if lacking:
-            raise ValueError(f"no mask in {mask_dir} for references {lacking}")
+    masks = _check_mask_folders(preds, refs, mask_dir, "mask")
+    head_masks = _check_mask_folders(preds, refs, head_mask_dir, "head mask")
+    region = "brain" if mask_dir is not None else ("head" if protocol is Protocol.SYNTHRAD else "image")
 
     cases: list[dict[str, Any]] = []
     for ref_path in refs:
@@ -195,16 +268,39 @@ def evaluate_folders(
             raise ValueError(f"shape mismatch: reference {ref_path} {ref.shape} vs prediction {pred_path} {pred.shape}")
         if not np.allclose(ref_spacing, pred_spacing, rtol=1e-3, atol=1e-4):
             logger.warning("spacing differs: %s %s vs %s %s", ref_path.name, ref_spacing, pred_path.name, pred_spacing)
-        mask = None
-        if ref_path.name in masks:
-            mask, _ = _read(masks[ref_path.name])
-            if mask.shape != ref.shape:
-                raise ValueError(f"shape mismatch: reference {ref_path} {ref.shape} vs mask {masks[ref_path.name]} {mask.shape}")
-        values = evaluate_pair(ref, pred, protocol, mask=mask)
+        case_modality = modality or infer_modality(ref)
+        if ref_path.name in head_masks:
+            head = _read_mask(head_masks[ref_path.name], ref_path, ref.shape)
+        else:
+            head = head_mask_of(ref, case_modality)
+        if not head.any():
+            raise ValueError(f"reference {ref_path}: the head mask derived from it ({case_modality} threshold) is empty; "
+                             "pass head masks (--head_mask) or the right --modality")
+        problem = scale_mismatch(ref, pred, head, ref_path.name, pred_path.name)
+        if problem is not None:
+            if protocol is Protocol.PAPERS:
+                logger.warning("%s; scored: the papers protocol scales each image to [0, 1] on its own, "
+                               "the reference and synthrad protocols would refuse this pair", problem)
+            elif not allow_scale_mismatch:
+                raise ValueError(f"{problem}; {SCALE_MISMATCH_FIX}")
+            else:
+                logger.warning("%s; scored anyway (allow_scale_mismatch)", problem)
+        brain = _read_mask(masks[ref_path.name], ref_path, ref.shape) if ref_path.name in masks else None
+        head_values = evaluate_pair(ref, pred, protocol, mask=head)
+        if region == "brain":
+            values = evaluate_pair(ref, pred, protocol, mask=brain)
+        elif region == "head":
+            values = head_values
+        else:
+            values = evaluate_pair(ref, pred, protocol, mask=None)
         case = {"case": split_extension(ref_path.name)[0], "reference": ref_path.name, "prediction": pred_path.name}
         case.update({k: float(values[k]) for k in METRIC_NAMES})
+        case.update({f"head_{k}": float(head_values[k]) for k in METRIC_NAMES})
+        if protocol is Protocol.SYNTHRAD or _is_ct(case_modality):
+            case.update(bone_metrics(ref, pred, mask=head))
+        case["modality"] = case_modality
         cases.append(case)
-        logger.info("%s: %s", case["case"], ", ".join(f"{k}={case[k]:.4f}" for k in METRIC_NAMES))
+        logger.info("%s: %s", case["case"], ", ".join(f"{k}={case[k]:.4f}" for k in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES) if k in case))
 
     mean, std = _aggregate(cases)
     summary: dict[str, Any] = {
@@ -212,6 +308,10 @@ def evaluate_folders(
         "reference_dir": str(ref_dir),
         "prediction_dir": str(pred_dir),
         "mask_dir": str(mask_dir) if mask_dir is not None else None,
+        "region": region,
+        "head_mask": "given" if head_mask_dir is not None else "derived",
+        "head_mask_dir": str(head_mask_dir) if head_mask_dir is not None else None,
+        "modality": modality if modality is not None else "inferred",
         "n_cases": len(cases),
         "mean": mean,
         "std": std,

@@ -14,6 +14,11 @@
   the brain is a noise outlier of the reference but a tissue value of a smooth (denoised) prediction,
   so a prediction is shifted by a noise-dependent offset; here a prediction is judged in the
   reference's units, as a regression is (MONAI's PSNR with a fixed max_val does the same).
+
+Before any protocol, :func:`scale_mismatch` tells whether a reference and a prediction are in grossly
+different units (one CT in HU and the other not, or robust magnitudes a factor > 5 apart, e.g. an 8-bit
+or [0, 1] reference against a prediction on unisyn's x1000 MRI scale): every protocol but ``papers``
+would then score the unit, not the synthesis (identity T1w -> FLAIR once scored -8.1 dB that way).
 """
 
 from __future__ import annotations
@@ -108,6 +113,102 @@ def evaluate_synthrad(ref: np.ndarray, pred: np.ndarray, mask: Optional[np.ndarr
         ref_c - SYNTHRAD_HU_MIN, pred_c - SYNTHRAD_HU_MIN, data_range=SYNTHRAD_DATA_RANGE, mask=mask
     )
     return {"psnr": result["psnr"], "ssim": result["ssim"], "mae": result["mae"]}
+
+
+#: CT air: a share of voxels in this band (HU) marks an image as CT in HU.
+HU_AIR_BAND = (-1100.0, -900.0)
+HU_AIR_MIN_FRACTION = 0.005
+#: CT inference from values alone: this share of voxels below -500 HU and some above 300 HU (bone).
+CT_AIR_HU = -500.0
+CT_BONE_HU = 300.0
+CT_MIN_AIR_FRACTION = 0.01
+#: Robust magnitudes further apart than this factor mean different units or scales, not a poor synthesis.
+SCALE_MISMATCH_FACTOR = 5.0
+#: An image stored on a [0, 1] or 8-bit scale cannot hold values above its cap: the other image's 99th
+#: percentile above this multiple of that cap is a unit difference even below SCALE_MISMATCH_FACTOR
+#: (an 8-bit reference with p99 230 against unisyn's x1000 MRI scale is only a factor ~4 apart).
+STORAGE_CAP_MULTIPLE = 2.0
+
+
+def looks_like_hu(image: np.ndarray) -> bool:
+    """True when at least 0.5 % of the voxels sit in the air band -1100..-900 (a CT in Hounsfield units)."""
+    image = np.asarray(image)
+    band = (image >= HU_AIR_BAND[0]) & (image <= HU_AIR_BAND[1])
+    return bool(band.mean() >= HU_AIR_MIN_FRACTION)
+
+
+def infer_modality(reference: np.ndarray) -> str:
+    """``"CT"`` when >= 1 % of the reference is below -500 (air) and some of it above 300 (bone); else ``"MRI-like"``."""
+    reference = np.asarray(reference)
+    is_ct = (reference < CT_AIR_HU).mean() >= CT_MIN_AIR_FRACTION and bool((reference > CT_BONE_HU).any())
+    return "CT" if is_ct else "MRI-like"
+
+
+def _storage_cap(image: np.ndarray) -> Optional[float]:
+    """1.0 for an image in [0, 1], 255.0 for an integer-valued image in 0..255 (8-bit storage), else None."""
+    lo, hi = float(np.min(image)), float(np.max(image))
+    if lo < 0.0:
+        return None
+    if hi <= 1.0:
+        return 1.0
+    if hi <= 255.0 and np.array_equal(image, np.round(image)):
+        return 255.0
+    return None
+
+
+def _describe_scale(image: np.ndarray) -> str:
+    """A hint at the unit an image seems to be in, for the mismatch message ("" when nothing stands out)."""
+    if looks_like_hu(image):
+        return " (CT in HU, air at -1000)"
+    cap = _storage_cap(image)
+    if cap == 1.0:
+        return " ([0, 1] scale)"
+    if cap == 255.0:
+        return " (8-bit-like 0..255 scale)"
+    return ""
+
+
+def _magnitude(values: np.ndarray) -> tuple[float, float]:
+    """(99th percentile, robust magnitude max(|1st percentile|, |99th percentile|)) of a set of values."""
+    p1, p99 = (float(v) for v in np.percentile(values, [1.0, 99.0]))
+    return p99, max(abs(p1), abs(p99))
+
+
+def scale_mismatch(
+    ref: np.ndarray, pred: np.ndarray, region: Optional[np.ndarray] = None,
+    ref_name: str = "reference", pred_name: str = "prediction",
+) -> Optional[str]:
+    """A one-line diagnosis when reference and prediction are grossly in different units, else None.
+
+    Gross means: one looks like CT in HU (:func:`looks_like_hu`, on the whole image) and the other does not;
+    or one is stored on a [0, 1] or integer 0..255 scale and the other's 99th percentile inside ``region``
+    (the head) is above twice that cap; or their robust magnitudes inside ``region`` (max of |1st| and |99th|
+    percentile) are a factor > 5 apart. Two HU
+    images are never flagged: a synthetic CT without bone has a far lower 99th percentile than the
+    reference, which is an error of the synthesis, not of units. A prediction that is zero inside the
+    region has no scale to compare and is not flagged either.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    ref_hu, pred_hu = looks_like_hu(ref), looks_like_hu(pred)
+    inside = np.asarray(region) > 0 if region is not None and np.any(region) else np.ones(ref.shape, dtype=bool)
+    ref_p99, ref_mag = _magnitude(ref[inside])
+    pred_p99, pred_mag = _magnitude(pred[inside])
+    ref_text = f"reference {ref_name} p99 = {ref_p99:.4g}{_describe_scale(ref)}"
+    pred_text = f"prediction {pred_name} p99 = {pred_p99:.4g}{_describe_scale(pred)}"
+    if ref_hu != pred_hu:
+        which = "reference" if ref_hu else "prediction"
+        return f"{ref_text} vs {pred_text}: only the {which} looks like CT in HU (air at -1000)"
+    if ref_hu or min(ref_mag, pred_mag) <= 0.0:
+        return None
+    factor = max(ref_mag, pred_mag) / min(ref_mag, pred_mag)
+    if factor > SCALE_MISMATCH_FACTOR:
+        return f"{ref_text} vs {pred_text}: intensity scales differ by a factor {factor:.3g} (> {SCALE_MISMATCH_FACTOR:g})"
+    for cap, other_p99, name in ((_storage_cap(ref), pred_p99, "reference"), (_storage_cap(pred), ref_p99, "prediction")):
+        if cap is not None and other_p99 > STORAGE_CAP_MULTIPLE * cap:
+            return (f"{ref_text} vs {pred_text}: the {name} is stored on a 0..{cap:g} scale and the other "
+                    f"image's values lie far above it")
+    return None
 
 
 def evaluate_pair(
