@@ -36,8 +36,11 @@ def test_synthrad_mae_in_hu_inside_mask_and_outputs(tmp_path: Path, capsys: pyte
     assert summary["protocol"] == "synthrad" and summary["n_cases"] == 2
     assert summary["mean"]["mae"] == pytest.approx(10.0, abs=1e-3)
     assert summary["mean"]["psnr"] == pytest.approx(20 * np.log10(4024.0 / 10.0), abs=1e-3)
+    assert summary["region"] == "brain" and summary["mean"]["head_mae"] == pytest.approx(10.0, abs=1e-3)
+    assert summary["mean"]["bone_dice"] == 1.0 and summary["mean"]["bone_mae"] == pytest.approx(10.0, abs=1e-3)
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [r["case"] for r in rows] == ["sub-00_CT", "sub-01_CT"] and float(rows[0]["mae"]) == pytest.approx(10.0, abs=1e-3)
+    assert float(rows[1]["head_mae"]) == pytest.approx(10.0, abs=1e-3) and rows[1]["modality"] == "CT"
     assert str(out) in capsys.readouterr().out
 
 

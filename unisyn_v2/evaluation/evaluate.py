@@ -300,7 +300,8 @@ def evaluate_folders(
             case.update(bone_metrics(ref, pred, mask=head))
         case["modality"] = case_modality
         cases.append(case)
-        logger.info("%s: %s", case["case"], ", ".join(f"{k}={case[k]:.4f}" for k in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES) if k in case))
+        reported = [k for k in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES) if k in case]
+        logger.info("%s: %s", case["case"], ", ".join(f"{k}={case[k]:.4f}" for k in reported))
 
     mean, std = _aggregate(cases)
     summary: dict[str, Any] = {
