@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = [
     "unisyn_plan_experiment = unisyn_v2.cli.plan_and_preprocess:plan_experiment_main",
     "unisyn_preprocess = unisyn_v2.cli.plan_and_preprocess:preprocess_main",
     "unisyn_verify_dataset = unisyn_v2.cli.plan_and_preprocess:verify_main",
+    "unisyn_convert_bids = unisyn_v2.cli.convert_bids:main",
     "unisyn_train = unisyn_v2.cli.train:main",
     "unisyn_predict = unisyn_v2.cli.predict:main",
     "unisyn_evaluate = unisyn_v2.cli.evaluate:main",
