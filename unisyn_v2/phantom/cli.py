@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", type=Path, default=None, help="output folder (default <raw>/Dataset{ID:03d}_{name})")
     parser.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
     parser.add_argument("-np", "--num_processes", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--bids", type=Path, default=None, metavar="DIR",
+                        help="also write the dataset as a BIDS tree in DIR (sidecars in seconds, participants.tsv, masks "
+                             "in DIR/derivatives/unisyn_phantom), e.g. to try unisyn_convert_bids on it")
     return parser
 
 
@@ -75,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
     logger.info("dataset %s ready in %.1f s: %s", args.name, time.perf_counter() - started, output / "dataset.json")
+    if args.bids is not None:
+        from .bids_export import export_bids
+
+        try:
+            export_bids(output, args.bids, overwrite=args.overwrite, name=args.name)
+        except (FileExistsError, ValueError) as error:
+            logger.error("%s", error)
+            return 2
     return 0
 
 
