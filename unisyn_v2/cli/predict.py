@@ -8,7 +8,8 @@ from unisyn_v2.cli.common import add_common_arguments, run_cli
 from unisyn_v2.inference.predictor import DEFAULT_CHECKPOINT, PredictionSettings, UniSynPredictor, find_model_folder
 
 EPILOG = """\
-inputs: a folder with a dataset.json (its cases), or image files / folders of images. Files named
+inputs: a folder with a dataset.json (its cases), a BIDS tree (one case per subject and session, as
+unisyn_convert_bids finds them; brain masks from its derivatives/), or image files / folders of images. Files named
 <case>_<modality>.nii.gz (e.g. sub-01_T1w.nii.gz, sub-01_CT.nii.gz) are grouped into case <case>;
 <case>_brainmask.nii.gz is its brain mask; other files are one case each and need --source.
 Metadata comes from BIDS sidecars (<image stem>.json), --source, or the dataset.json; an image with
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", nargs="+", required=True, help="folder(s) and/or image file(s)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--bids_out", default=None, metavar="DERIV_ROOT",
+                        help="also write the predictions as BIDS derivatives: DERIV_ROOT/unisyn/sub-*/[ses-*/]anat/"
+                             "sub-*_desc-synth_<suffix>.nii.gz (PET in pet/, CT in ct/) + sidecars + dataset_description.json")
     parser.add_argument("--target", required=True,
                         help="target: a modality name (typical training metadata fills the prompt), a full prompt, or a JSON file")
     parser.add_argument("--source", default=None,
@@ -83,6 +87,10 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = UniSynPredictor.from_model_folder(folder, args.folds, args.chk, args.device, settings)
     paths = predictor.predict(args.input, args.output, args.target, args.source, args.source_image,
                               args.continue_prediction, args.overwrite, args.num_processes)
+    if args.bids_out is not None:
+        from unisyn_v2.inference.bids_output import write_bids_derivatives
+
+        paths = [*paths, *write_bids_derivatives(paths, args.bids_out)]
     for path in paths:
         print(path)
     return 0

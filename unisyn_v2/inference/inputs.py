@@ -3,6 +3,8 @@
 Case grouping (documented rule):
 - a folder (or a ``dataset.json`` path) holding a ``dataset.json`` gives that description's cases,
   with modality, metadata (BIDS sidecars fill gaps) and subject from it;
+- a BIDS tree (``dataset_description.json`` or ``participants.tsv`` beside ``sub-*`` folders) gives one case
+  per subject and session as ``unisyn_convert_bids`` finds them (:mod:`unisyn_v2.dataset.bids_convert`);
 - any other folder contributes its image files (not recursive), and loose files are taken as given.
   A file ``<prefix>_<token>.<ext>`` whose last token is a known modality name (case-insensitive,
   e.g. ``sub-01_T1w.nii.gz``) is an image of that modality in case ``<prefix>``; a last token
@@ -31,8 +33,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from unisyn_v2.dataset.bids_convert import discover_bids, find_derivative_mask, image_metadata, is_bids_root
 from unisyn_v2.dataset.description import DATASET_JSON, load_dataset_description
-from unisyn_v2.dataset.image_io import READABLE_ENDINGS
+from unisyn_v2.dataset.image_io import READABLE_ENDINGS, read_geometry
 from unisyn_v2.metadata.bids import read_sidecar, sidecar_path
 from unisyn_v2.metadata.fields import ImageMetadata, SubjectMetadata
 from unisyn_v2.metadata.modalities import UnknownModalityError, get_modality, known_modalities
@@ -160,6 +163,9 @@ def discover_cases(inputs: Sequence[str | Path], source: DescriptionSpec | None 
                 logger.warning("%s: descriptions come from its %s; --source is ignored for it", path, DATASET_JSON)
             for case in _cases_from_description(path):
                 _add_case(cases, case)
+        elif path.is_dir() and is_bids_root(path):
+            for case in _cases_from_bids(path):
+                _add_case(cases, case)
         elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _image_stem(p))
             if not files:
@@ -180,6 +186,30 @@ def _add_case(cases: dict[str, InputCase], case: InputCase) -> None:
     if case.case_id in cases:
         raise InputError(f"case {case.case_id!r} is given twice (in two inputs); rename one or predict them separately")
     cases[case.case_id] = case
+
+
+def _cases_from_bids(root: Path) -> Iterable[InputCase]:
+    """A BIDS tree: cases, images and the run choice as ``unisyn_convert_bids`` finds them (no registration: one
+    source image per case is read), metadata from the sidecars (the voxel size from the header, as for loose files)
+    and participants.tsv, the brain mask from ``derivatives/*/`` (the first pipeline, by name, that has one)."""
+    cases, skipped = discover_bids(root)
+    for item in skipped:
+        logger.info("%s: skipped %s (%s)", root, item.path, item.reason)
+    pipelines = sorted(p for p in (root / "derivatives").iterdir() if p.is_dir()) if (root / "derivatives").is_dir() else []
+    for case in cases:
+        images = []
+        for image in case.images:
+            try:
+                metadata, _ = image_metadata(image.sidecar, list(image.sidecar_files), read_geometry(image.path), str(image.path))
+            except ValueError as error:  # MetadataError, ImageReadError: this image cannot be a source
+                logger.warning("case %s: %s not used (%s)", case.case_id, image.path, error)
+                continue
+            metadata = replace(metadata, voxel_size=None)
+            images.append(InputImage(image.path, ImageDescription(image.modality, metadata, case.subject),
+                                     bool(metadata.to_dict())))
+        if images:
+            mask = next((m for p in pipelines if (m := find_derivative_mask(p, case)) is not None), None)
+            yield InputCase(case.case_id, tuple(images), mask)
 
 
 def _cases_from_description(root: Path) -> Iterable[InputCase]:
