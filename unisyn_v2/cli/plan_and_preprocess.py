@@ -9,6 +9,7 @@ from unisyn_v2.cli.common import EXIT_USER_ERROR, add_common_arguments, run_cli
 from unisyn_v2.dataset.description import DatasetError
 from unisyn_v2.experiment_planning import api
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME
+from unisyn_v2.experiment_planning.plans import NEUROCLIP_IMAGE_ENCODERS
 
 
 def _dataset(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,22 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu_memory_gb", type=float, default=None, help="memory budget; default: free memory of the GPU, CPU preset without one")
     parser.add_argument("--overwrite_target_spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None)
     parser.add_argument("-c", "--configurations", nargs="+", default=["2.5d", "3d"], choices=["2.5d", "3d"])
+    parser.add_argument("--loss_region", nargs="+", default=None, metavar="FAMILY=REGION",
+                        help="where the synthesis loss counts per target family: brain or head (default CT=head "
+                             "MRI=brain PET=brain; e.g. --loss_region PET=head)")
+    parser.add_argument("--neuroclip_image_encoder", default=None, choices=NEUROCLIP_IMAGE_ENCODERS,
+                        help="NeuroCLIP's image tower: cnn (default) or vit (TUMSyn's 3D ViT)")
+
+
+def plan_choices(args: argparse.Namespace) -> api.PlanChoices:
+    """The plan options of the command line (FAMILY=REGION pairs checked here, values by the plans' validation)."""
+    regions: dict[str, str] = {}
+    for item in args.loss_region or []:
+        family, sep, region = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --loss_region takes FAMILY=REGION pairs (e.g. PET=head), got {item!r}")
+        regions[family.strip().upper()] = region.strip().lower()
+    return api.PlanChoices(loss_region=regions or None, neuroclip_image_encoder=args.neuroclip_image_encoder)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +73,7 @@ def _plan_and_preprocess(args: argparse.Namespace) -> int:
     plans = api.plan_and_preprocess(
         args.dataset, args.planner, args.gpu_memory_gb, args.num_processes, args.clean, args.verify_dataset_integrity,
         not args.no_pp, args.plans_name, args.overwrite_target_spacing, args.configurations, not args.no_pbar,
+        plan_choices(args),
     )
     name, _raw, pre = api.dataset_folders(args.dataset)
     print(f"{name}: plans '{plans.plans_name}' (preset {plans.preset}) in {pre}")
@@ -91,7 +109,8 @@ def extract_fingerprint_main(argv: list[str] | None = None) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    api.plan_dataset(args.dataset, args.planner, args.gpu_memory_gb, args.plans_name, args.overwrite_target_spacing, args.configurations)
+    api.plan_dataset(args.dataset, args.planner, args.gpu_memory_gb, args.plans_name, args.overwrite_target_spacing,
+                     args.configurations, plan_choices(args))
     return 0
 
 

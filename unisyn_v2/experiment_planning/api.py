@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass, replace
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,26 @@ def resolve_planner(planner: str) -> tuple[str, Callable[..., Plans]]:
     return "auto", function
 
 
+@dataclass(frozen=True)
+class PlanChoices:
+    """Decisions the user makes over the preset's (``unisyn_plan_and_preprocess`` options); None keeps the preset's."""
+
+    loss_region: dict[str, str] | None = None  # family -> brain | head, merged over the default
+    neuroclip_image_encoder: str | None = None  # cnn | vit
+
+    def apply(self, plans: Plans) -> Plans:
+        """The plans with these choices written in, validated as a plans file is on load."""
+        training, neuroclip = plans.training, plans.neuroclip
+        if self.loss_region:
+            training = replace(training, loss_region={**training.loss_region, **self.loss_region})
+        if self.neuroclip_image_encoder:
+            neuroclip = replace(neuroclip, image_encoder=self.neuroclip_image_encoder)
+        return Plans.from_dict(replace(plans, training=training, neuroclip=neuroclip).to_dict(), source="plan options")
+
+
 def plan_dataset(dataset: str | int, planner: str = "auto", gpu_memory_gb: float | None = None, plans_name: str = DEFAULT_PLANS_NAME,
-                 target_spacing: Sequence[float] | None = None, configurations: Sequence[str] = ("2.5d", "3d")) -> Plans:
+                 target_spacing: Sequence[float] | None = None, configurations: Sequence[str] = ("2.5d", "3d"),
+                 choices: PlanChoices | None = None) -> Plans:
     """Write ``<plans_name>.json`` and ``splits_final.json`` from the fingerprint."""
     _name, raw, pre = dataset_folders(dataset)
     if not (pre / FINGERPRINT_FILE).is_file():
@@ -79,6 +98,8 @@ def plan_dataset(dataset: str | int, planner: str = "auto", gpu_memory_gb: float
     memory = gpu_memory_gb if gpu_memory_gb is not None else detect_gpu_memory_gb()
     plans = function(fingerprint, preset_name=preset, gpu_memory_gb=memory, plans_name=plans_name,
                      target_spacing=target_spacing, configurations=configurations)
+    if choices is not None:
+        plans = choices.apply(plans)
     plans.save(pre / f"{plans_name}.json")
     ensure_splits(pre, raw, list(fingerprint["cases"]))
     logger.info("wrote %s (preset %s)", pre / f"{plans_name}.json", plans.preset)
@@ -103,11 +124,12 @@ def preprocess(dataset: str | int, plans_name: str = DEFAULT_PLANS_NAME, num_pro
 def plan_and_preprocess(dataset: str | int, planner: str = "auto", gpu_memory_gb: float | None = None, num_processes: int = 2,
                         clean: bool = False, verify_integrity: bool = False, run_preprocessing: bool = True,
                         plans_name: str = DEFAULT_PLANS_NAME, target_spacing: Sequence[float] | None = None,
-                        configurations: Sequence[str] = ("2.5d", "3d"), progress: bool = True) -> Plans:
+                        configurations: Sequence[str] = ("2.5d", "3d"), progress: bool = True,
+                        choices: PlanChoices | None = None) -> Plans:
     """Fingerprint, plan and preprocess in one go."""
     load_dataset_description(dataset_folders(dataset)[1])  # schema errors before any work
     fingerprint_dataset(dataset, num_processes, clean, verify_integrity, progress)
-    plans = plan_dataset(dataset, planner, gpu_memory_gb, plans_name, target_spacing, configurations)
+    plans = plan_dataset(dataset, planner, gpu_memory_gb, plans_name, target_spacing, configurations, choices)
     if run_preprocessing:
         preprocess(dataset, plans_name, num_processes, progress)
     return plans

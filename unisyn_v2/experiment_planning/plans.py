@@ -59,6 +59,7 @@ class ConfigurationPlan:
         return self.name == "2.5d"
 
 
+NEUROCLIP_IMAGE_ENCODERS = ("cnn", "vit")
 FEATURE_LOSSES = ("scale_invariant", "paper")  # training.feature_loss (unisyn_v2.training.losses)
 
 
@@ -87,6 +88,10 @@ class NeuroCLIPPlan:
     iterations_per_epoch: int = 20
     initial_lr: float = 1e-3
     max_batch_classes: int = 32
+    weight_decay: float = 0.1  # AdamW, on weights only (CLIP's recipe)
+    warmup_fraction: float = 0.2  # linear warm-up share of training, then cosine decay
+    init_temperature: float = 0.07  # CLIP's initial softmax temperature (learnt)
+    image_encoder: str = "cnn"  # cnn | vit (TUMSyn's image side: a 3D ViT)
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,11 @@ def _check_values(plans: Plans, source: str) -> None:
     at_least("neuroclip.iterations_per_epoch", clip.iterations_per_epoch, 1)
     positive("neuroclip.initial_lr", clip.initial_lr)
     at_least("neuroclip.max_batch_classes", clip.max_batch_classes, 1)
+    at_least("neuroclip.weight_decay", clip.weight_decay, 0)
+    at_least("neuroclip.warmup_fraction", clip.warmup_fraction, 0, 1)
+    positive("neuroclip.init_temperature", clip.init_temperature)
+    if clip.image_encoder not in NEUROCLIP_IMAGE_ENCODERS:
+        fail("neuroclip.image_encoder", f"{clip.image_encoder!r} is not one of {', '.join(NEUROCLIP_IMAGE_ENCODERS)}")
     training = plans.training
     at_least("training.num_epochs", training.num_epochs, 0)
     at_least("training.iterations_per_epoch", training.iterations_per_epoch, 1)

@@ -17,7 +17,6 @@ from unisyn_v2.training.synthesis_trainer import SynthesisTrainer
 class GFMTrainer(SynthesisTrainer):
     """GFM with NeuroCLIP text conditioning, trained jointly on every direction of every case."""
 
-    short_name: ClassVar[str | None] = "gfm"
     network_kind: ClassVar[str] = "gfm"
     conditioning: ClassVar[str] = "text"
 

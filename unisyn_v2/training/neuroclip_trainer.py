@@ -14,7 +14,8 @@ embedding the GFM consumes, 1536 in the paper preset), the image side and schedu
 generated, and a value token needs to see its field name; pooling is at ``<eot>`` either way.
 
 The image encoder is the 3D CNN (``VolumeImageEncoder3d`` with ``plans.neuroclip.image_widths``);
-:class:`NeuroCLIPTrainerViT` swaps in TUMSyn's 3D ViT (16^3 tokens, 8^3 below 48^3 crops). Measured on
+``plans.neuroclip.image_encoder = "vit"`` (``unisyn_plan_and_preprocess --neuroclip_image_encoder vit``) swaps
+in TUMSyn's 3D ViT (16^3 tokens, 8^3 below 48^3 crops), written to the same model folder. Measured on
 one CPU core, fold 0, 800 steps of the cpu preset (32^3 crops) on a 30-case phantom (10 modalities, 15
 held-out images): CNN image->modality top-1 0.80, image->text 0.53 (3.7 min); ViT 0.67 and 0.40
 (2.9 min; the CNN was at 0.87 / 0.53 after the same 2.9 min). On the 6-modality test phantom (36
@@ -79,23 +80,19 @@ SPLIT_FILE = "neuroclip_split.json"
 class NeuroCLIPTrainer(TrainerBase):
     """Contrastive pre-training of the metadata text encoder against a whole-brain 3D image encoder."""
 
-    short_name: ClassVar[str | None] = "neuroclip"
     default_configuration: ClassVar[str | None] = NEUROCLIP_CONFIGURATION
     default_fold: ClassVar[int | str] = "all"
     best_metric_key: ClassVar[str] = "val_retrieval"
     best_metric_mode: ClassVar[str] = "max"
-    image_encoder_kind: ClassVar[str] = "cnn"
     causal_text: ClassVar[bool] = False
-    init_temperature: ClassVar[float] = 0.07
     supports_distributed: ClassVar[bool] = False  # contrastive batches would need a cross-rank gather; one process
-    weight_decay: ClassVar[float] = 0.1
-    warmup_fraction: ClassVar[float] = 0.2
     augment: ClassVar[bool] = True
     number_mode: ClassVar[str] = "digits"
     samples_per_class: ClassVar[int] = 1
     embed_batch_size: ClassVar[int] = 32
     holdout_fraction: ClassVar[float] = 0.2  # fold "all": share of the cases validated on, never trained on
     collapse_guard_config: ClassVar[CollapseGuardConfig] = CollapseGuardConfig()
+    vit_layers: ClassVar[int] = 4  # depth of the ViT image tower (plans.neuroclip.image_encoder = vit)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,7 +100,7 @@ class NeuroCLIPTrainer(TrainerBase):
         if overrides is not None and not isinstance(overrides, dict):
             raise ValueError(f"TrainerSettings.extra['collapse_guard'] must be a dict of settings, got {overrides!r}")
         self.guard = CollapseGuard(self.collapse_guard_config.with_overrides(overrides),
-                                   grace_epochs=max(1, int(round(self.num_epochs * self.warmup_fraction))))
+                                   grace_epochs=max(1, int(round(self.num_epochs * self.plans.neuroclip.warmup_fraction))))
         self._guard_restored = False
         self.probe_samples: list[NeuroCLIPSample] = []
         self.split_record: dict[str, Any] = {}
@@ -204,9 +201,18 @@ class NeuroCLIPTrainer(TrainerBase):
         return n.num_epochs, n.iterations_per_epoch, self.plans.training.validation_iterations, n.initial_lr
 
     def image_encoder_kwargs(self, embed_dim: int) -> dict[str, Any]:
-        """The image tower's kwargs (override for variants)."""
-        widths = list(self.plans.neuroclip.image_widths)
-        return {"kind": "cnn", "in_channels": 1, "widths": widths, "embed_dim": embed_dim}
+        """The image tower's kwargs: ``plans.neuroclip.image_encoder`` cnn, or vit (TUMSyn's 3D ViT over 16^3-voxel
+        tokens, 8^3 when the crop is under 48 voxels per axis; width and heads of the text transformer)."""
+        clip = self.plans.neuroclip
+        if clip.image_encoder == "cnn":
+            return {"kind": "cnn", "in_channels": 1, "widths": list(clip.image_widths), "embed_dim": embed_dim}
+        size = list(clip.image_size)
+        patch = 16 if min(size) >= 48 and all(s % 16 == 0 for s in size) else 8
+        if any(s % patch for s in size):
+            raise ValueError(f"NeuroCLIP image_size {size} must be divisible by the ViT patch size {patch}")
+        t = self.plans.text_encoder
+        return {"kind": "vit", "img_size": size, "patch_size": patch, "in_channels": 1, "width": t.width,
+                "layers": self.vit_layers, "heads": t.heads, "embed_dim": embed_dim}
 
     def build_network(self) -> nn.Module:
         """NeuroCLIP from the plans: text transformer (plans.text_encoder) + image tower (plans.neuroclip)."""
@@ -223,7 +229,7 @@ class NeuroCLIPTrainer(TrainerBase):
                                                   "weight": t.value_weight}
             embed_dim += value_code_size(t.value_centres)
         self.image_kwargs = self.image_encoder_kwargs(embed_dim)
-        return build_neuroclip(self.image_kwargs, self.text_kwargs, self.init_temperature)
+        return build_neuroclip(self.image_kwargs, self.text_kwargs, self.plans.neuroclip.init_temperature)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW, weight decay on weight matrices only (not norms, biases, embeddings' scale or temperature)."""
@@ -232,13 +238,14 @@ class NeuroCLIPTrainer(TrainerBase):
         for name, parameter in self.network.named_parameters():
             if parameter.requires_grad:
                 (decay if parameter.ndim >= 2 and "embedding" not in name else no_decay).append(parameter)
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": decay, "weight_decay": self.plans.neuroclip.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.initial_lr, betas=(0.9, 0.98), eps=1e-6)
 
     def build_lr_scheduler(self) -> Any:
         """Warm-up then cosine decay, stepped per epoch."""
         assert self.optimizer is not None
-        return WarmupCosineScheduler(self.optimizer, self.initial_lr, self.num_epochs, self.warmup_fraction)
+        return WarmupCosineScheduler(self.optimizer, self.initial_lr, self.num_epochs, self.plans.neuroclip.warmup_fraction)
 
     def build_dataloaders(self) -> tuple[NeuroCLIPTrainLoader, NeuroCLIPValidationLoader | None]:
         """Class-balanced training batches; validation batches when the held-out images span 2+ classes."""
@@ -409,7 +416,7 @@ class NeuroCLIPTrainer(TrainerBase):
         elif verdict == FAIL:
             self._write_guard_report()
             message = self.guard.failure_message(str(self.fold_folder), self._mean_batch_size(logs), self.initial_lr,
-                                                 self.warmup_fraction)
+                                                 self.plans.neuroclip.warmup_fraction)
             logger.error("%s", message)
             raise NeuroCLIPCollapseError(message)
         self._write_guard_report()
@@ -526,22 +533,3 @@ class NeuroCLIPTrainer(TrainerBase):
                 "validation_split": {k: v for k, v in self.split_record.items()
                                      if k not in ("train_cases", "val_cases")},
                 "collapse_guard": self.guard.config.to_dict()}
-
-
-class NeuroCLIPTrainerViT(NeuroCLIPTrainer):
-    """TUMSyn's image side: a 3D ViT over 16^3-voxel tokens (8^3 when the crop is under 48 voxels per axis).
-
-    Width/heads follow the text transformer; depth ``vit_layers``.
-    """
-
-    short_name: ClassVar[str | None] = "neuroclip_vit"
-    vit_layers: ClassVar[int] = 4
-
-    def image_encoder_kwargs(self, embed_dim: int) -> dict[str, Any]:
-        size = list(self.plans.neuroclip.image_size)
-        patch = 16 if min(size) >= 48 and all(s % 16 == 0 for s in size) else 8
-        if any(s % patch for s in size):
-            raise ValueError(f"NeuroCLIP image_size {size} must be divisible by the ViT patch size {patch}")
-        t = self.plans.text_encoder
-        return {"kind": "vit", "img_size": size, "patch_size": patch, "in_channels": 1, "width": t.width,
-                "layers": self.vit_layers, "heads": t.heads, "embed_dim": embed_dim}

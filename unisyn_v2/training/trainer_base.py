@@ -50,6 +50,7 @@ from unisyn_v2.experiment_planning.plans import Plans
 from unisyn_v2.io_utils import copy_file_atomic, remove_stale_temp_files, write_json_atomic
 from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkpoint, seed_everything
 from unisyn_v2.training.distributed import DistributedContext
+from unisyn_v2.training.registry import short_name_of
 from unisyn_v2.training.progress import ProgressLogger, attach_file_log, detach_file_log, format_epoch_line
 from unisyn_v2.training.schedule import StepDecayScheduler
 from unisyn_v2.training.settings import TrainerSettings, cpu_threads_for_training
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 class TrainerBase(CheckpointMixin):
     """Owns the loop; subclasses provide the network, data and steps through the hooks above."""
 
-    short_name: ClassVar[str | None] = None  # registry name, written to trainer.json
     best_metric_key: ClassVar[str] = "val_psnr"
     best_metric_mode: ClassVar[str] = "max"  # "max" or "min"
     default_configuration: ClassVar[str | None] = None  # None: the plans' default configuration
@@ -171,7 +171,7 @@ class TrainerBase(CheckpointMixin):
     def trainer_info(self) -> dict[str, Any]:
         """Content of ``trainer.json`` (extend in subclasses with ``{**super().trainer_info(), ...}``)."""
         cls = type(self)
-        return {"trainer_class": f"{cls.__module__}:{cls.__qualname__}", "trainer_name": self.short_name or cls.__name__,
+        return {"trainer_class": f"{cls.__module__}:{cls.__qualname__}", "trainer_name": short_name_of(cls) or cls.__name__,
                 "dataset_name": self.dataset_name, "plans_name": self.plans.plans_name,
                 "configuration": self.configuration}
 

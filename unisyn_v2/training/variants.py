@@ -26,7 +26,6 @@ from unisyn_v2.training.synthesis_trainer import SynthesisTrainer
 class CrossAttnBaselineTrainer(SynthesisTrainer):
     """Cross-attention fusion of the target prompt (text query, image key/value)."""
 
-    short_name: ClassVar[str | None] = "crossattn"
     network_kind: ClassVar[str] = "crossattn"
     conditioning: ClassVar[str] = "text"
 
@@ -34,35 +33,30 @@ class CrossAttnBaselineTrainer(SynthesisTrainer):
 class CrossAttnPlainTrainer(CrossAttnBaselineTrainer):
     """Cross-attention gate alone (``f_s * g``), on the plain GFM's backbone (ablation)."""
 
-    short_name: ClassVar[str | None] = "crossattn_plain"
     network_overrides: ClassVar[dict[str, Any]] = {"refinement_block": False}
 
 
 class GFMBlockTrainer(GFMTrainer):
     """The GFM with TUMSyn's refinement block after the restyling, on the cross-attention backbone (ablation)."""
 
-    short_name: ClassVar[str | None] = "gfm_block"
     network_overrides: ClassVar[dict[str, Any]] = {"refinement_block": True}
 
 
 class OneHotGFMTrainer(GFMTrainer):
     """The GFM conditioned on modality one-hot codes (no metadata)."""
 
-    short_name: ClassVar[str | None] = "onehot"
     conditioning: ClassVar[str] = "onehot"
 
 
 class GFMTaskTrainer(GFMTrainer):
     """The GFM trained on a single source -> target task."""
 
-    short_name: ClassVar[str | None] = "gfm_task"
     single_task: ClassVar[bool] = True
 
 
 class UNetBaselineTrainer(SynthesisTrainer):
     """A plain regression U-Net (dynamic-network-architectures) for one task, without prompts."""
 
-    short_name: ClassVar[str | None] = "unet"
     network_kind: ClassVar[str] = "unet"
     conditioning: ClassVar[str] = "none"
     both_directions: ClassVar[bool] = False
