@@ -93,7 +93,6 @@ def _train_tiny_gfm(dirs: dict[str, Path]) -> None:
 
 
 def test_end_to_end_train_predict_evaluate(unisyn_dirs: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("unisyn_v2.training.model_folder")
     _train_tiny_gfm(unisyn_dirs)
     raw = unisyn_dirs["raw"] / "Dataset001_Blob" / "case_002"
     inputs, ref, masks, out = (tmp_path / name for name in ("in", "ref", "mask", "out"))

@@ -99,11 +99,26 @@ def test_analytic_predictor_with_channel_change():
     assert max(calls) <= 5
 
 
-def test_mirroring_runs_all_flip_combinations():
-    image = torch.rand(1, 8, 8, 8)
-    count = []
-    sliding_window_predict(image, lambda x: count.append(1) or x, (8, 8, 8), use_mirroring=True, mirror_axes=(0, 2))
-    assert len(count) == 4
+def test_mirroring_runs_all_flip_combinations_and_undoes_each_flip():
+    image = torch.rand(1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def predictor(x):
+        seen.append(x.clone())
+        return x * 2  # equivariant to flips: every un-flipped pass must agree with the unflipped one
+
+    out = sliding_window_predict(image, predictor, (8, 8, 8), use_mirroring=True, mirror_axes=(0, 2), use_gaussian=False)
+    combinations = [(), (0,), (2,), (0, 2)]
+    expected_inputs = [torch.flip(image, dims=[d + 1 for d in c]) if c else image for c in combinations]
+    assert len(seen) == 4 and all(any(torch.equal(s[0], e) for s in seen) for e in expected_inputs)
+    torch.testing.assert_close(out, image * 2)
+
+    def position_aware(x):  # not equivariant: an un-flip that is missing or wrong changes the mean
+        return torch.arange(x.shape[-1], dtype=x.dtype).expand_as(x).clone()
+
+    mirrored = sliding_window_predict(image, position_aware, (8, 8, 8), use_mirroring=True, mirror_axes=(2,), use_gaussian=False)
+    expected = 0.5 * (torch.arange(8.0) + torch.arange(8.0).flip(0))  # the x-flipped pass, flipped back, reversed
+    torch.testing.assert_close(mirrored[0, 0, 0], expected)
 
 
 def test_image_smaller_than_tile_is_padded_and_cropped():
@@ -163,7 +178,11 @@ def test_bad_predictor_output_shape_raises():
         sliding_window_predict(torch.rand(1, 6, 6, 6), lambda x: x[:, :, :3], (6, 6, 6))
 
 
-def test_progress_bar_and_no_grad():
+def test_progress_bar_counts_every_batch_and_no_grad_is_kept(capsys):
     net = _conv_net()
-    out = sliding_window_predict(torch.rand(2, 10, 10, 10), net, (6, 6, 6), progress=True)
-    assert not out.requires_grad and out.shape == (1, 10, 10, 10)
+    assert any(p.requires_grad for p in net.parameters())
+    out = sliding_window_predict(torch.rand(2, 10, 10, 10), net, (6, 6, 6), step_size=0.5, tile_batch_size=2, progress=True)
+    assert not out.requires_grad and out.grad_fn is None and out.shape == (1, 10, 10, 10)
+    bar = capsys.readouterr().err
+    tiles = len(compute_tile_starts((10, 10, 10), (6, 6, 6), 0.5)[0]) ** 3
+    assert "sliding window" in bar and f"{(tiles + 1) // 2}/{(tiles + 1) // 2}" in bar  # tqdm's final count of batches
