@@ -15,7 +15,7 @@ import argparse
 import logging
 from dataclasses import replace
 
-from unisyn_v2.experiment_planning.plans import NormalizationPlan, Plans
+from unisyn_v2.contracts.plans import NormalizationPlan, Plans
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.paths import preprocessed_dir

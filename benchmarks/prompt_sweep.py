@@ -47,7 +47,7 @@ from unisyn_v2.metadata.modalities import ModalityFamily  # noqa: E402
 from unisyn_v2.metadata.prompts import ImageDescription  # noqa: E402
 from unisyn_v2.metadata.typical import typical_protocol  # noqa: E402
 from unisyn_v2.experiment_planning import api  # noqa: E402
-from unisyn_v2.experiment_planning.plans import Plans  # noqa: E402
+from unisyn_v2.contracts.plans import Plans  # noqa: E402
 from unisyn_v2.io_utils import finite_or_none, read_json  # noqa: E402
 from unisyn_v2.paths import preprocessed_dir, raw_dir  # noqa: E402
 from unisyn_v2.phantom import PhantomCase, generate_phantom_dataset, read_phantom_spec  # noqa: E402

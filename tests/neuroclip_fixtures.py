@@ -19,7 +19,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from unisyn_v2.experiment_planning.plans import (
+from unisyn_v2.contracts.plans import (
     ConfigurationPlan, NeuroCLIPPlan, NormalizationPlan, Plans, TextEncoderPlan, TrainingPlan,
 )
 from unisyn_v2.experiment_planning.splits import make_splits

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training_fixtures import DATASET_NAME, make_trainer, tiny_plans, write_text_encoder, write_training_dataset
-from unisyn_v2.experiment_planning.plans import DEFAULT_LOSS_REGION, Plans, PlansError
+from unisyn_v2.contracts.plans import DEFAULT_LOSS_REGION, Plans, PlansError
 from unisyn_v2.preprocessing.case_store import PreprocessedCase, load_preprocessed_case, save_preprocessed_case
 from unisyn_v2.training.data.cases import CaseCollection
 from unisyn_v2.training.gfm_trainer import GFMTrainer

@@ -14,7 +14,7 @@ from unisyn_v2.experiment_planning import api
 from unisyn_v2.experiment_planning.planner import (
     ct_brain_window, determine_target_spacing, estimate_synthesis_memory_bytes, fit_patch_and_batch, network_kwargs, unet_kwargs,
 )
-from unisyn_v2.experiment_planning.plans import Plans, PlansError
+from unisyn_v2.contracts.plans import Plans, PlansError
 from unisyn_v2.experiment_planning.presets import get_preset
 from unisyn_v2.experiment_planning.splits import make_splits
 from unisyn_v2.networks.factory import build_synthesis_network, count_parameters, paper_gfm_kwargs

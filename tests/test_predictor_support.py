@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from unisyn_v2.dataset.image_io import Geometry, write_image
-from unisyn_v2.experiment_planning.plans import (
+from unisyn_v2.contracts.plans import (
     ConfigurationPlan, NeuroCLIPPlan, NormalizationPlan, Plans, TextEncoderPlan, TrainingPlan,
 )
 from unisyn_v2.io_utils import read_json, write_json_atomic

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unisyn_v2.experiment_planning.plans import (
+from unisyn_v2.contracts.plans import (
     ConfigurationPlan, NeuroCLIPPlan, NormalizationPlan, Plans, TextEncoderPlan, TrainingPlan,
 )
 from unisyn_v2.experiment_planning.splits import make_splits
@@ -146,7 +146,7 @@ def make_trainer(trainer_class: type, dirs: dict[str, Path], fold: int | str = 0
     from unisyn_v2.training.settings import TrainerSettings
 
     folder = dirs["preprocessed"] / DATASET_NAME
-    from unisyn_v2.experiment_planning.plans import Plans as _Plans
+    from unisyn_v2.contracts.plans import Plans as _Plans
 
     plans = _Plans.load(folder / f"{PLANS_NAME}.json")
     settings.setdefault("num_workers", 0)

@@ -9,7 +9,7 @@ from unisyn_v2.cli.common import EXIT_USER_ERROR, add_common_arguments, run_cli
 from unisyn_v2.dataset.description import DatasetError
 from unisyn_v2.experiment_planning import api
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME
-from unisyn_v2.experiment_planning.plans import NEUROCLIP_IMAGE_ENCODERS
+from unisyn_v2.contracts.plans import NEUROCLIP_IMAGE_ENCODERS
 
 
 def _dataset(parser: argparse.ArgumentParser) -> None:

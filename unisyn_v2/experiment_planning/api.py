@@ -14,7 +14,7 @@ from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.dataset.integrity import verify_dataset_integrity
 from unisyn_v2.experiment_planning.fingerprint import FINGERPRINT_FILE, extract_fingerprint, raw_signature
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME, detect_gpu_memory_gb, plan_experiment
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.experiment_planning.splits import ensure_splits
 from unisyn_v2.io_utils import copy_file_atomic, read_json
 from unisyn_v2.paths import preprocessed_dir, raw_dir

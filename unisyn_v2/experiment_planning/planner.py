@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from unisyn_v2.experiment_planning.memory import estimate_training_memory_bytes
-from unisyn_v2.experiment_planning.plans import ConfigurationPlan, NormalizationPlan, Plans
+from unisyn_v2.contracts.plans import ConfigurationPlan, NormalizationPlan, Plans
 from unisyn_v2.experiment_planning.presets import BUDGET_PRESETS_LARGEST_FIRST, Preset, get_preset
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.networks.factory import build_synthesis_network

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unisyn_v2.experiment_planning.plans import NeuroCLIPPlan, TextEncoderPlan, TrainingPlan
+from unisyn_v2.contracts.plans import NeuroCLIPPlan, TextEncoderPlan, TrainingPlan
 
 
 @dataclass(frozen=True, kw_only=True)

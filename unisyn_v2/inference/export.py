@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from unisyn_v2.dataset.image_io import Geometry, stage_image, verify_image_file
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.inference.inputs import GENERATOR_NAME, InputCase, InputError
 from unisyn_v2.io_utils import commit_file, file_sha256, stage_json
 from unisyn_v2.metadata.bids import sidecar_path as bids_sidecar_path

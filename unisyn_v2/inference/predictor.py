@@ -22,7 +22,7 @@ from torch import nn
 
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.dataset.image_io import Geometry, count_nonfinite_voxels, read_image
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.inference.export import (
     build_sidecar, export_prediction, output_paths, refuse_outputs_over_inputs, select_cases_to_run,
 )

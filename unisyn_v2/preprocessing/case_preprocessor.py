@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from unisyn_v2.dataset.image_io import Geometry
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.metadata.classes import metadata_class_key
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.preprocessing.cropping import bbox_from_list, bbox_to_list, crop_to_bbox, foreground_bbox, uncrop

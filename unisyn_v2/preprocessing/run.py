@@ -14,7 +14,7 @@ from pathlib import Path
 
 from unisyn_v2.dataset.description import DatasetDescription, load_dataset_description
 from unisyn_v2.dataset.image_io import read_image
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import read_json, remove_stale_temp_files
 from unisyn_v2.parallel import map_cases
 from unisyn_v2.preprocessing.case_preprocessor import preprocess_case

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from unisyn_v2.experiment_planning.plans import FEATURE_LOSSES
+from unisyn_v2.contracts.plans import FEATURE_LOSSES
 
 
 def brain_weight(mask: torch.Tensor, background_weight: float) -> torch.Tensor:

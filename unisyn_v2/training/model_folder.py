@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unisyn_v2.experiment_planning.plans import MAX_PATCH_EDGE, Plans
+from unisyn_v2.contracts.plans import MAX_PATCH_EDGE, Plans
 from unisyn_v2.io_utils import confined_path, read_json
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from unisyn_v2.dataset.ids import resolve_dataset_name
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.paths import preprocessed_dir, results_dir
 from unisyn_v2.training.distributed import distributed_session, launch, local_device
 from unisyn_v2.training.registry import resolve_command_line_trainer

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases, make_splits, validate_splits
 from unisyn_v2.io_utils import read_json, write_json_atomic
 from unisyn_v2.metadata.modalities import get_modality

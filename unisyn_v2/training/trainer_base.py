@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unisyn_v2.experiment_planning.plans import Plans
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import copy_file_atomic, remove_stale_temp_files, write_json_atomic
 from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkpoint, seed_everything
 from unisyn_v2.training.distributed import DistributedContext
