@@ -6,6 +6,7 @@ import argparse
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
 from unisyn_v2.inference.predictor import DEFAULT_CHECKPOINT, PredictionSettings, UniSynPredictor, find_model_folder
+from unisyn_v2.inference.qmaps import rendering_network
 
 EPILOG = """\
 inputs: a folder with a dataset.json (its cases), a BIDS tree (one case per subject and session, as
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep_background", action="store_true",
                      help="keep the network's values outside the source's head (default: air, -1000 HU, for CT and 0 "
                           "for MRI/PET there; the head is the source's thresholded, hole-filled foreground)")
+    run.add_argument("--export_qmaps", action="store_true",
+                     help="qMRI models (trainer gfm_qmri): also write the effective maps <case>_qmap-PD/-T1/-T2/-T2star.nii.gz "
+                          "(T1, T2, T2* in ms, T1 at the target's field strength; PD relative) and <case>_qmaps.json")
     run.add_argument("--disable_progress_bar", action="store_true")
     add_common_arguments(parser)
     return parser
@@ -83,8 +87,11 @@ def _predict(args: argparse.Namespace) -> int:
     folder = args.model_folder or find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name)
     settings = PredictionSettings(step_size=args.step_size, tile_batch_size=args.tile_batch_size, use_mirroring=args.tta,
                                   accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar,
-                                  background_outside_head=not args.keep_background)
+                                  background_outside_head=not args.keep_background, export_qmaps=args.export_qmaps)
     predictor = UniSynPredictor.from_model_folder(folder, args.folds, args.chk, args.device, settings)
+    if args.export_qmaps and not all(rendering_network(n) is not None for n in predictor.networks):
+        raise ValueError(f"--export_qmaps: {folder} has no quantitative-map head (trainer "
+                         f"{predictor.trainer_info.get('trainer_name')}); train gfm_qmri for quantitative maps")
     paths = predictor.predict(args.input, args.output, args.target, args.source, args.source_image,
                               args.continue_prediction, args.overwrite, args.num_processes)
     if args.bids_out is not None:

@@ -29,6 +29,7 @@ from unisyn_v2.inference.export import (
 from unisyn_v2.inference.inputs import (
     DescriptionSpec, InputCase, InputError, InputImage, choose_source, discover_cases, parse_description_spec,
 )
+from unisyn_v2.inference.qmaps import finish_rendered_volume, rendering_network, write_qmaps
 from unisyn_v2.inference.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import check_writable_folder, remove_stale_temp_files
 from unisyn_v2.metadata.fields import ImageMetadata
@@ -58,6 +59,7 @@ class PredictionSettings:
     progress: bool = True
     background_outside_head: bool = True  # write air (CT) / zero (MRI, PET) outside the source's head mask
     slab_z_step: int | None = 1  # 2.5D: a slab at every z slice (no seams at slab borders); None: step_size along z too
+    export_qmaps: bool = False  # qMRI models (gfm_qmri): also write the effective PD/T1/T2/T2* maps (inference.qmaps)
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -234,8 +236,10 @@ class UniSynPredictor:
         return (1, 2) if self.configuration.is_slab else (0, 1, 2)
 
     def predict_normalized(self, data: np.ndarray, source: ImageDescription, target: ImageDescription,
-                           pad_value: float = 0.0) -> np.ndarray:
-        """Fold-averaged sliding-window prediction (Z, Y, X) of a preprocessed (1, Z, Y, X) source."""
+                           pad_value: float = 0.0, mask: np.ndarray | None = None) -> np.ndarray:
+        """Fold-averaged sliding-window prediction (Z, Y, X) of a preprocessed (1, Z, Y, X) source.
+
+        ``mask``: the preprocessed brain mask, where a qMRI model's rendered MR volume is put on the contract's scale."""
         src = tgt = None
         if self.conditioner is not None:  # None: a prompt-free baseline (U-Net)
             with torch.inference_mode():
@@ -257,6 +261,9 @@ class UniSynPredictor:
                 mirror_axes=self._mirror_axes(), progress=s.progress, pad_value=pad_value,
                 z_step=s.slab_z_step if self.configuration.is_slab else None,
             )
+            if rendering_network(network) is not None:  # a qMRI model renders MR targets in PD units: the contract's scale
+                finished = finish_rendered_volume(network, prediction[0].cpu().numpy(), mask, target, self.plans)
+                prediction = torch.from_numpy(finished)[None]
             total = prediction if total is None else total + prediction
         assert total is not None
         return (total[0] / len(self.networks)).numpy()
@@ -273,7 +280,7 @@ class UniSynPredictor:
         params = NormalizationParameters.from_dict(properties["channels"][0]["normalization"])
         normalizer = normalizer_for(self.plans, source.modality)
         pad = float(normalizer.forward(np.array([normalizer.background_value], np.float32), params)[0])
-        return self.predict_normalized(data, source, target, pad_value=pad), properties
+        return self.predict_normalized(data, source, target, pad_value=pad, mask=arrays.mask > 0), properties
 
     def check_prompts(self, case_id: str, source: ImageDescription, target: ImageDescription) -> None:
         """Fail before any work when a prompt does not fit the text encoder's context (224 tokens by default)."""
@@ -318,6 +325,8 @@ class UniSynPredictor:
         self.check_prompts(case.case_id, source, target_description)
         logger.info("case %s: %s -> %s", case.case_id, chosen.path.name, target.modality)
         prediction, properties = self.predict_image(image, geometry, source, target_description, mask, case.case_id, [str(chosen.path)])
+        if self.settings.export_qmaps:  # before the image's sidecar, which marks the case finished
+            write_qmaps(self, image, geometry, source, target_description, mask, case.case_id, Path(output_folder))
         image_path, _ = output_paths(Path(output_folder), case.case_id, target.modality)
         sidecar = build_sidecar(case.case_id, target_description, [(chosen.path, source)], self.model_description,
                                 self.settings_description(), self.prompt_style)

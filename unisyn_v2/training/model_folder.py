@@ -26,6 +26,7 @@ from unisyn_v2.contracts.plans import MAX_PATCH_EDGE, Plans
 from unisyn_v2.io_utils import confined_path, read_json
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
+from unisyn_v2.networks.qmri_head import PhysicsTextConditioner
 from unisyn_v2.networks.text_artifact import load_text_encoder_artifact
 from unisyn_v2.training.checkpointing import load_checkpoint, load_network_weights
 from unisyn_v2.training.registry import registered_trainer_path, resolve_trainer_class
@@ -40,7 +41,7 @@ MODEL_FILE_PATTERNS: tuple[str, ...] = (
     rf"{_FOLD}/(?:validation/)?\w+\.json", rf"{_FOLD}/validation/(?!\.){_NAME}\.png",  # summaries, split and guard records
 )
 _MODEL_FILE = re.compile("|".join(f"(?:{p})" for p in MODEL_FILE_PATTERNS))
-CONDITIONING_KINDS = ("none", "onehot", "text")
+CONDITIONING_KINDS = ("none", "onehot", "text", "text_physics")
 
 
 def is_model_file(relative: str) -> bool:
@@ -195,10 +196,11 @@ def build_conditioner(model_folder: Path, trainer_info: dict[str, Any], device: 
         return None
     if kind == "onehot":
         return OneHotConditioner(conditioning["modalities"], device=device)
-    if kind == "text":
+    if kind in ("text", "text_physics"):
         folder = confined_path(Path(model_folder), str(conditioning.get("text_encoder", "text_encoder")))  # stays inside
         tokenizer, encoder = load_text_encoder_artifact(folder, device)
-        return TextConditioner(tokenizer, encoder, normalize=False, device=device)
+        text = TextConditioner(tokenizer, encoder, normalize=False, device=device)
+        return text if kind == "text" else PhysicsTextConditioner(text)  # text_physics: the qMRI head's sequence numbers
     raise ValueError(f"{model_folder}/trainer.json: unknown conditioning kind {kind!r}")
 
 

@@ -22,6 +22,7 @@ TRAINERS: dict[str, str] = {
     "onehot": "unisyn_v2.training.variants:OneHotGFMTrainer",
     "gfm_task": "unisyn_v2.training.variants:GFMTaskTrainer",
     "unet": "unisyn_v2.training.variants:UNetBaselineTrainer",
+    "gfm_qmri": "unisyn_v2.training.qmri_trainer:QMRITrainer",
 }
 BUILTIN_TRAINERS: dict[str, str] = dict(TRAINERS)  # what every fresh process (and -npp worker) knows
 

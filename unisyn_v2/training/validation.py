@@ -29,6 +29,7 @@ import torch
 from unisyn_v2.evaluation.figures import save_comparison_figure
 from unisyn_v2.evaluation.metrics import bone_metrics
 from unisyn_v2.evaluation.protocols import evaluate_pair
+from unisyn_v2.inference.qmaps import finish_rendered_volume, rendering_network
 from unisyn_v2.inference.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import write_json_atomic
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
@@ -50,8 +51,11 @@ MAX_REFERENCE_CASES = 10
 
 def predict_volume(network: torch.nn.Module, conditioner: Any, source: np.ndarray, source_description: ImageDescription,
                    target_description: ImageDescription, patch_size: tuple[int, ...], device: torch.device,
-                   tile_batch_size: int = 4, step_size: float = 0.5) -> np.ndarray:
-    """Synthesise a whole (Z, Y, X) volume with a volume-level network ((B, 1, *patch) in and out)."""
+                   tile_batch_size: int = 4, step_size: float = 0.5, mask: np.ndarray | None = None,
+                   plans: Any = None) -> np.ndarray:
+    """Synthesise a whole (Z, Y, X) volume with a volume-level network ((B, 1, *patch) in and out).
+
+    A qMRI network's rendered MR volume is put on the contract's scale in ``mask`` with ``plans``' normaliser."""
     device = torch.device(device)
     source_text = conditioner.embed([source_description]) if conditioner is not None else None
     target_text = conditioner.embed([target_description]) if conditioner is not None else None
@@ -66,6 +70,8 @@ def predict_volume(network: torch.nn.Module, conditioner: Any, source: np.ndarra
     image = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None]
     result = sliding_window_predict(image, predictor, patch_size, step_size=step_size, tile_batch_size=tile_batch_size,
                                     device=device)
+    if plans is not None and rendering_network(network) is not None:
+        return finish_rendered_volume(network, result[0].numpy(), mask, target_description, plans)
     return result[0].numpy()
 
 
@@ -173,7 +179,8 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                 reference, source = case.data[t], case.data[s]
                 with torch.no_grad():
                     prediction = predict_volume(network, trainer.conditioner, source, descriptions[s], descriptions[t],
-                                                trainer.patch_size, trainer.device, tile_batch_size=2 * trainer.batch_size)
+                                                trainer.patch_size, trainer.device, tile_batch_size=2 * trainer.batch_size,
+                                                mask=case.mask > 0, plans=trainer.plans)
                 candidates = {"model": prediction, "identity": source}
                 if target_modality in references:
                     candidates["histogram_matching"] = histogram_match(source, case.mask, references[target_modality])

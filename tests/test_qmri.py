@@ -1,0 +1,216 @@
+"""The physics-informed MRI head (issue 22): maps, rendering with the prompt's parameters, fallback, training and --export_qmaps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unisyn_v2.metadata import signal_equations as se
+from unisyn_v2.metadata.fields import ImageMetadata
+from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.networks.qmri_head import (
+    PHYSICS_DIM, T1_RANGE_MS, T2_RANGE_MS, PhysicsTextConditioner, build_qmri_network, fit_to_target, physics_vector,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TEXT_DIM = 6
+
+
+def _network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
+                              text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmap_hidden=[8]).eval()
+
+
+def _embedding(*descriptions: ImageDescription) -> torch.Tensor:
+    text = torch.randn(len(descriptions), TEXT_DIM, generator=torch.Generator().manual_seed(1))
+    return torch.cat([text, torch.tensor([physics_vector(d) for d in descriptions])], dim=1)
+
+
+def _mr(modality: str, **fields: float) -> ImageDescription:
+    return ImageDescription(modality, ImageMetadata(**fields))
+
+
+T2W = _mr("T2w", field_strength=3.0, repetition_time=4000.0, echo_time=100.0, flip_angle=90.0)
+
+
+def test_shapes_and_positive_maps_in_their_ranges() -> None:
+    net = _network()
+    x = torch.rand(2, 4, 16, 16)
+    emb = _embedding(T2W, ImageDescription("CT", ImageMetadata(kvp=120.0)))
+    with torch.no_grad():
+        out = net(x, emb, emb)
+        maps = net.quantitative_maps(x, emb, emb)
+    assert out.synthesis.shape == (2, 4, 16, 16) and torch.isfinite(out.synthesis).all()
+    assert maps.shape == (2, 4, 4, 16, 16)
+    pd, t1, t2, t2s = maps.unbind(1)
+    assert (pd > 0).all() and (pd < 1.5).all()
+    assert (t1 > T1_RANGE_MS[0] * 0.5 ** 1.0).all() and (t1 < T1_RANGE_MS[1]).all()  # T1 at 3 T within its range
+    assert (t2 >= T2_RANGE_MS[0]).all() and (t2 <= T2_RANGE_MS[1]).all() and (t2s <= t2 + 1e-4).all()
+    assert 500.0 < float(t1.median()) < 3000.0 and 40.0 < float(t2.median()) < 250.0  # typical brain values at the start
+
+
+@pytest.mark.parametrize("description, sequence", [
+    (T2W, se.SPIN_ECHO),
+    (_mr("FLAIR", field_strength=1.5, repetition_time=9000.0, echo_time=110.0, inversion_time=2200.0, flip_angle=90.0),
+     se.INVERSION_RECOVERY),
+    (_mr("T1w", field_strength=3.0, repetition_time=2300.0, echo_time=2.5, inversion_time=600.0, flip_angle=9.0), se.MPRAGE),
+    (_mr("T1w", field_strength=1.5, repetition_time=20.0, echo_time=4.0, flip_angle=30.0), se.SPOILED_GRE),
+])
+def test_render_uses_the_prompt_sequence_and_parameters(description: ImageDescription, sequence: str) -> None:
+    net = _network()
+    x = torch.rand(1, 4, 16, 16)
+    emb = _embedding(description)
+    m = description.metadata
+    with torch.no_grad():
+        anatomy = net.encode_anatomy(x, emb)
+        rendered = net.decode(anatomy, emb)
+        maps = net.maps(anatomy, torch.tensor([m.field_strength]))
+    expected = se.render(sequence, maps["pd"], maps["t1"], maps["t2"], maps["t2s"], m.repetition_time, m.echo_time,
+                         m.inversion_time or 0.0, m.flip_angle)
+    torch.testing.assert_close(rendered, expected)
+
+
+def test_contrast_moves_with_echo_time_and_field_moves_t1() -> None:
+    net = _network()
+    x = torch.rand(2, 4, 16, 16)
+    short, long = (_mr("T2w", field_strength=3.0, repetition_time=4000.0, echo_time=te, flip_angle=90.0) for te in (30.0, 200.0))
+    with torch.no_grad():
+        out = net(x, _embedding(short, short), _embedding(short, long)).synthesis
+        anatomy = net.encode_anatomy(x, _embedding(short, short))
+        t1_low, t1_high = (net.maps(anatomy, torch.tensor([b, b]))["t1"] for b in (1.5, 3.0))
+    assert (out[1] < out[0]).all()  # the same anatomy, a longer TE: less signal everywhere (T2 decay)
+    assert (t1_low < t1_high).all()  # T1 shortens at lower field (exponent in (0, 1))
+
+
+def test_ct_targets_keep_the_gfm_decoder() -> None:
+    net = _network()
+    x = torch.rand(2, 4, 16, 16)
+    ct = ImageDescription("CT", ImageMetadata(kvp=120.0))
+    emb = _embedding(T2W, ct)
+    with torch.no_grad():
+        anatomy = net.encode_anatomy(x, emb)
+        mixed = net.decode(anatomy, emb)
+        decoded = net.gfm.decode(anatomy, emb[:, :TEXT_DIM])
+        rendered = net.render(anatomy, emb[:, TEXT_DIM:])
+    torch.testing.assert_close(mixed[1], decoded[1])
+    torch.testing.assert_close(mixed[0], rendered[0])
+
+
+def test_missing_parameters_fall_back_to_typical_values_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    class FakeText:
+        text_dim, device, tokenizer = TEXT_DIM, torch.device("cpu"), None
+
+        def embed(self, descriptions: list[ImageDescription]) -> torch.Tensor:
+            return torch.zeros(len(descriptions), TEXT_DIM)
+
+        def describe(self) -> dict[str, object]:
+            return {"kind": "text", "text_dim": TEXT_DIM}
+
+    conditioner = PhysicsTextConditioner(FakeText())
+    bare = _mr("T2w", echo_time=150.0)
+    with caplog.at_level(logging.WARNING, logger="unisyn_v2.networks.qmri_head"):
+        first = conditioner.embed([bare])
+        conditioner.embed([bare])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "field_strength, repetition_time, flip_angle" in warnings[0]
+    typical = se.TYPICAL_PROTOCOLS["T2w"]
+    assert first.shape == (1, TEXT_DIM + PHYSICS_DIM)
+    assert first[0, TEXT_DIM:].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, typical["field_strength"], typical["repetition_time"],
+                                            150.0, 0.0, typical["flip_angle"]]
+    assert physics_vector(ImageDescription("FDG-PET")) == [0.0] * PHYSICS_DIM
+    assert conditioner.describe()["kind"] == "text_physics" and conditioner.text_dim == TEXT_DIM + PHYSICS_DIM
+
+
+def test_fit_to_target_is_the_per_item_affine_least_squares_with_nonnegative_scale() -> None:
+    s = torch.rand(3, 2, 8, 8) + 0.1
+    mask = torch.ones_like(s)
+    target = torch.stack([3.0 * s[0] - 0.2, 0.5 * s[1] + 0.1, -2.0 * s[2] + 1.0])
+    fitted = fit_to_target(s, target, mask)
+    torch.testing.assert_close(fitted[:2], target[:2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fitted[2], torch.full_like(s[2], float(target[2].mean())), rtol=1e-4, atol=1e-4)  # no inversion
+    passed = fit_to_target(s, target, mask, torch.tensor([True, False, True]))
+    torch.testing.assert_close(passed[1], s[1])
+
+
+def test_finish_rendered_volume_applies_the_mri_contract() -> None:
+    from test_predictor_support import make_plans
+    from unisyn_v2.inference.qmaps import finish_rendered_volume
+    from unisyn_v2.networks.slice_adapter import SlicesAsChannels
+
+    plans = make_plans(("T1w", "T2w", "CT"))
+    volume = np.random.default_rng(0).uniform(0.02, 0.4, (6, 10, 10)).astype(np.float32)
+    mask = np.zeros(volume.shape, bool)
+    mask[1:5, 2:8, 2:8] = True
+    finished = finish_rendered_volume(SlicesAsChannels(_network()), volume, mask, T2W, plans)
+    low, high = np.percentile(finished[mask], [0.5, 99.5])
+    assert low == pytest.approx(0.0, abs=1e-5) and high == pytest.approx(1.0, abs=1e-5)
+    ct = ImageDescription("CT", ImageMetadata(kvp=120.0))
+    assert finish_rendered_volume(_network(), volume, mask, ct, plans) is volume  # decoded, already on its scale
+    assert finish_rendered_volume(torch.nn.Identity(), volume, mask, T2W, plans) is volume  # not a qMRI network
+
+
+def test_train_then_predict_with_export_qmaps(unisyn_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from raw_fixtures import write_blob_dataset
+    from training_fixtures import write_text_encoder
+
+    from unisyn_v2.cli import predict as predict_cli
+    from unisyn_v2.dataset.image_io import read_geometry, read_image
+    from unisyn_v2.experiment_planning.api import plan_and_preprocess
+    from unisyn_v2.training.run_training import run_training
+    from unisyn_v2.training.settings import TrainerSettings
+
+    write_blob_dataset(unisyn_dirs["raw"] / "Dataset001_Blob", num_cases=3, modalities=("T1w", "T2w", "CT"))
+    plans = plan_and_preprocess(1, planner="cpu", num_processes=1, progress=False)
+    write_text_encoder(unisyn_dirs["results"], plans)
+    settings = TrainerSettings(num_epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0,
+                               max_validation_cases=1, validation_figures=0)
+    trainer = run_training(1, "gfm_qmri", 0, "2.5d", device="cpu", settings=settings)
+    info = json.loads((trainer.model_folder / "trainer.json").read_text())
+    assert info["network"]["kind"] == "gfm_qmri" and info["conditioning"]["kind"] == "text_physics"
+    summary = json.loads((trainer.fold_folder / "validation" / "summary.json").read_text())
+    assert np.isfinite(summary["tasks"]["CT->T2w"]["mean"]["psnr"])  # the rendered T2w, scored on the contract's scale
+
+    raw = unisyn_dirs["raw"] / "Dataset001_Blob" / "case_002"
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    shutil.copy(raw / "case_002_CT.nii.gz", inputs)
+    shutil.copy(raw / "case_002_brainmask.nii.gz", inputs)
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps({"modality": "T2w", "metadata": {"field_strength": 1.5, "repetition_time": 5000.0,
+                                                                   "echo_time": 150.0, "flip_angle": 90.0}}))
+    argv = ["-i", str(inputs), "-o", str(out), "-d", "1", "-tr", "gfm_qmri", "-c", "2.5d", "-f", "0", "--target", str(target),
+            "--export_qmaps", "--disable_progress_bar"]
+    assert predict_cli.main(argv) == 0
+    synthesis, _ = read_image(out / "case_002_T2w.nii.gz")
+    mask = read_image(raw / "case_002_brainmask.nii.gz")[0] > 0
+    assert np.percentile(synthesis[mask], 99.5) == pytest.approx(1000.0, rel=0.05)  # the MRI contract, x 1000
+    record = json.loads((out / "case_002_qmaps.json").read_text())
+    assert record["maps"]["T1"]["unit"] == "ms" and record["t1_field_strength_T"] == 1.5
+    for name, (low, high) in {"PD": (0.0, 1.5), "T1": (T1_RANGE_MS[0] * 0.5, T1_RANGE_MS[1]), "T2": T2_RANGE_MS,
+                              "T2star": (0.0, T2_RANGE_MS[1])}.items():
+        path = out / f"case_002_qmap-{name}.nii.gz"
+        assert read_geometry(path).matches(read_geometry(raw / "case_002_CT.nii.gz")), name
+        values = read_image(path)[0][mask]
+        assert np.isfinite(values).all() and low < values.min() and values.max() < high, name
+
+
+def test_export_qmaps_needs_a_qmri_model(unisyn_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from test_predictor_support import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
+
+    from unisyn_v2.cli import predict as predict_cli
+    from unisyn_v2.inference import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "load_fold", stand_in_loader)
+    write_model_folder(unisyn_dirs["results"] / "Dataset001_Stand", make_plans(), network="constant:0.5", folds=("0",))
+    write_case_image(tmp_path / "in" / "sub-01_T1w.nii.gz", head_phantom((14, 18, 18), 0.0, 500.0, 150.0))
+    argv = ["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-d", "1", "-c", "3d", "--target", "CT", "--export_qmaps"]
+    assert predict_cli.main(argv) == 2
+    assert "no quantitative-map head" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""The physics-informed GFM (``gfm_qmri``, issue 22): MR targets rendered from predicted quantitative maps.
+
+Same data, schedule and cyclic objective as :class:`~unisyn_v2.training.gfm_trainer.GFMTrainer`; the
+network is :class:`~unisyn_v2.networks.qmri_head.QMRINetwork` and the conditioner appends the sequence
+parameters to NeuroCLIP's embedding. An MR synthesis (a rendered signal in PD units) enters the L1 after
+the per-item least-squares affine fit to its target in the brain (``qmri_head.fit_to_target``): the MRI
+contract normalises each image by its own brain percentiles, which a training patch cannot see. Trained
+on target images only; no quantitative map is ever a training signal. The patch validation metric uses
+the same fit; the final validation and prediction normalise the whole rendered volume like the contract.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+from torch import nn
+
+from unisyn_v2.contracts.plans import Plans
+from unisyn_v2.networks.qmri_head import PhysicsTextConditioner, QMRINetwork, build_qmri_network, fit_to_target
+from unisyn_v2.training.gfm_trainer import GFMTrainer
+from unisyn_v2.training.losses import patch_psnr, patch_ssim, weighted_l1
+
+
+class QMRITrainer(GFMTrainer):
+    """GFM encoder + quantitative-map head rendering MR targets with the prompt's sequence parameters."""
+
+    short_name: ClassVar[str | None] = "gfm_qmri"
+    network_kind: ClassVar[str] = "gfm_qmri"
+    conditioning: ClassVar[str] = "text"
+    qmap_hidden: ClassVar[tuple[int, ...]] = (64, 64)
+
+    def build_conditioner(self) -> Any:
+        """NeuroCLIP's text conditioner (stage 1) with the physics numbers appended."""
+        return PhysicsTextConditioner(super().build_conditioner())
+
+    def network_info(self) -> dict[str, Any]:
+        kwargs = {**self.config.network_kwargs, **self.network_overrides, "qmap_hidden": list(self.qmap_hidden)}
+        if self.conditioner is not None:
+            kwargs["text_dim"] = int(self.conditioner.text_dim)
+        return {"kind": self.network_kind, "kwargs": kwargs}
+
+    @staticmethod
+    def build_network_from_plans(plans: Plans, configuration: str, trainer_info: dict[str, Any]) -> nn.Module:
+        """The :class:`QMRINetwork` recorded in ``trainer_info["network"]`` (kind ``gfm_qmri``)."""
+        network = trainer_info.get("network") or {}
+        if network.get("kind") != "gfm_qmri" or not isinstance(network.get("kwargs"), dict):
+            raise ValueError(f"trainer_info network must be {{'kind': 'gfm_qmri', 'kwargs': {{...}}}}, got {network!r}")
+        plans.configuration(configuration)
+        accepted = inspect.signature(build_qmri_network).parameters  # the plans also hold other kinds' kwargs (num_heads)
+        return build_qmri_network(**{k: v for k, v in network["kwargs"].items() if k in accepted})
+
+    def _fitted(self, prediction: Any, target: Any, mask: Any, embedding: Any) -> Any:
+        return fit_to_target(prediction, target, mask, QMRINetwork.rendered_items(embedding))
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """The GFM's cyclic step; MR syntheses are rendered, then affinely fitted to their targets."""
+        def forward(network: Any, b: dict[str, Any]) -> Any:
+            anatomy_source = network.encode_anatomy(b["source"], b["source_text"])
+            anatomy_target = network.encode_anatomy(b["target"], b["target_text"])
+            target_hat = self._fitted(network.decode(anatomy_source, b["target_text"]), b["target"], b["mask"], b["target_text"])
+            source_hat = self._fitted(network.decode(anatomy_target, b["source_text"]), b["source_clean"], b["mask"],
+                                      b["source_text"])
+            return self.cyclic_loss(target_hat, b["target"], source_hat, b["source_clean"], anatomy_source, anatomy_target,
+                                    b["weight"], b.get("source_weight", b["weight"]))
+
+        b = self.batch_to_device(batch)
+        with self.autocast():
+            terms = self.run_network(forward, b)
+        self.optimize(terms.total)
+        return {"loss": float(terms.total.detach()), "feature_loss": float(terms.feature.detach()),
+                "synthesis_loss": float(terms.synthesis.detach())}
+
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Patch metrics as the GFM's, MR syntheses after the affine fit to their targets (as in training)."""
+        b = self.batch_to_device(batch)
+        with self.autocast():
+            raw = self.network(b["source"], b["source_text"], b["target_text"]).synthesis.float()
+        prediction = self._fitted(raw, b["target"], b["mask"], b["target_text"])
+        return {"loss": float(weighted_l1(prediction, b["target"], b["weight"])),
+                "psnr": float(patch_psnr(prediction, b["target"], mask=b["mask"])),
+                "ssim": float(patch_ssim(prediction, b["target"]))}
