@@ -37,8 +37,9 @@ def folder_digest(folder: Path) -> str:
 
 
 def test_one_protocol_per_modality_writes_the_same_bytes_as_before(tmp_path: Path) -> None:
-    """Digests of every file (images, masks, dataset.json, phantom.json) taken before repetitions existed."""
-    grid = {"shape": (16, 16, 16), "voxel_size_mm": (12.0, 12.0, 12.0)}
+    """Digests of every file (images, masks, dataset.json, phantom.json) taken before repetitions existed
+    (and before lesions and air sinuses: ``sinuses=False`` is the anatomy of that time)."""
+    grid = {"shape": (16, 16, 16), "voxel_size_mm": (12.0, 12.0, 12.0), "sinuses": False}
     clinical = generate_phantom_dataset(tmp_path / "a", 4, 11, protocols_per_modality=1, **grid)
     wide = generate_phantom_dataset(tmp_path / "b", 3, 12, modalities=[*MR3, "CT"], complete=True, skull_strip=True,
                                     protocol_ranges="wide", **grid)

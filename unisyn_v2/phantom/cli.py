@@ -18,7 +18,8 @@ from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.metadata.prompts import parse_prompt
 from unisyn_v2.paths import raw_dir
 
-from .generator import PHANTOM_MODALITIES, PhantomSpec, generate_phantom_dataset
+from .generator import DEFAULT_LESION_FRACTION, PHANTOM_MODALITIES, PhantomSpec, generate_phantom_dataset
+from .pathology import LESION_KINDS, LESION_LABELS
 from .protocols import DEFAULT_PROTOCOL_RANGES, PROTOCOL_RANGES
 from .render import PhantomCase, prompt_patch, read_phantom_spec
 
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "not confounded with the subject; CT and PET stay one image (default 1)")
     parser.add_argument("--tissue_maps", type=Path, default=None,
                         help="folder of tissue probability maps gm/wm/csf[.nii.gz] (+ optional ones) to use as anatomy")
+    parser.add_argument("--lesions", default=None, metavar="KINDS",
+                        help=f"pathology, comma-separated: {','.join(LESION_KINDS)} or all (default none). Cases with "
+                             "pathology get one lesion of every kind with its own MR/CT/PET physics; every case gets a "
+                             "label map <case>/<case>_lesions.nii.gz ("
+                             + ", ".join(f"{k} {v}" for k, v in LESION_LABELS.items()) + "), listed in phantom.json")
+    parser.add_argument("--lesion_fraction", type=float, default=DEFAULT_LESION_FRACTION, metavar="F",
+                        help=f"fraction of the cases that get pathology, 0-1 (default {DEFAULT_LESION_FRACTION})")
+    parser.add_argument("--no_sinuses", action="store_true",
+                        help="heads without air sinuses (the anatomy of phantoms made before they existed)")
     parser.add_argument("--output_dir", type=Path, default=None, help="output folder (default <raw>/Dataset{ID:03d}_{name})")
     parser.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
     parser.add_argument("-np", "--num_processes", type=int, default=1, help="worker processes (default 1)")
@@ -73,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                                  modalities=args.modalities, skull_strip=args.skull_strip, tissue_maps_dir=args.tissue_maps, complete=args.complete,
                                  overwrite=args.overwrite, name=args.name, num_processes=args.num_processes, progress=True,
                                  protocol_ranges=args.protocol_ranges,
-                                 protocols_per_modality=args.protocols_per_modality)
+                                 protocols_per_modality=args.protocols_per_modality, lesions=args.lesions,
+                                 lesion_fraction=args.lesion_fraction, sinuses=not args.no_sinuses)
     except (FileExistsError, FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 2

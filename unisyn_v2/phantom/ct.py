@@ -9,7 +9,7 @@ import numpy as np
 from unisyn_v2.metadata.fields import ImageMetadata
 
 from .protocols import ct_kernel_noise_factor
-from .tissues import TISSUES, PhantomSubject, ct_values
+from .tissues import ALL_TISSUES, PhantomSubject, ct_values
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def simulate_ct(tissues: dict[str, np.ndarray], metadata: ImageMetadata, subject
     values = ct_values(subject, kvp)
     shape = next(iter(tissues.values())).shape
     image = np.full(shape, -1000.0, dtype=np.float32)  # voxels not covered by any tissue are air
-    for name, hu in zip(TISSUES, values):
+    for name, hu in zip(ALL_TISSUES, values):
         if name in tissues:
             image += np.float32(hu + 1000.0) * tissues[name]
     # Sharper kernels trade resolution for noise; the factor is fixed by the kernel in the metadata.

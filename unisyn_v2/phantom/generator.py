@@ -5,7 +5,9 @@ the seed and the case index, so a case is the same whatever other cases are requ
 :class:`PhantomSpec` (written as phantom.json) is all it takes to rebuild and re-render any case.
 With ``protocols_per_modality`` N > 1 each MR modality is imaged N times in the same session, repetition
 r >= 2 from its own stream keyed by r as well, so repetition 1 is the image a dataset with N = 1 has
-and repetition r is the same for every N >= r.
+and repetition r is the same for every N >= r. With ``lesions`` a fraction of the cases get pathology
+from a lesion stream of their own (:mod:`.pathology`); the other cases are the heads and images a
+lesion-free phantom has, and every case gets a lesion label map named in phantom.json.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from unisyn_v2.metadata.prompts import build_prompt
 from unisyn_v2.parallel import map_cases
 
 from .anatomy import brain_mask, simulate_subject
+from .pathology import (
+    LESION_FILE_SUFFIX, LESION_LABELS, Pathology, draw_pathology, lesion_labels, parse_lesion_kinds, with_pathology_values,
+)
 from .protocols import (
     DEFAULT_PROTOCOL_RANGES, FIELD_STRENGTHS, MANUFACTURERS, MR_MODELS, PET_MODELS, draw_protocol, get_protocol_ranges,
 )
@@ -49,13 +54,17 @@ PATTERNS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("T1w", "T2star", "SWI"), 0.06), (("T1w", "FLAIR"), 0.04), (("T2w", "FLAIR"), 0.04), (("CT", "FDG-PET"), 0.04),
 )
 EXTRA_MODALITY_PROBABILITY = 0.04
-_SESSION_STREAM, _SUBJECT_STREAM, _ANATOMY_STREAM, _IMAGE_STREAM = 0, 1, 2, 100
+_SESSION_STREAM, _SUBJECT_STREAM, _ANATOMY_STREAM, _LESION_STREAM, _IMAGE_STREAM = 0, 1, 2, 3, 100
+DEFAULT_LESION_FRACTION = 0.5
 # Redraws allowed for a repeated protocol identical to an earlier repetition (two images with one prompt
 # teach nothing, and dataset.json refuses them); continuous ranges practically never need one.
 MAX_PROTOCOL_REDRAWS = 100
 
 
 SPEC_FILE = "phantom.json"  # beside dataset.json: the settings that rebuild every case (unisyn_render_phantom)
+CASES_KEY = "cases"  # phantom.json: per-case records (lesion label map, pathology) of a phantom with lesions
+LABELS_KEY = "lesion_labels"  # phantom.json: what each value of the lesion label maps means
+_RECORD_KEYS = {CASES_KEY, LABELS_KEY}
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,10 @@ class PhantomSpec:
     with it the scanner session); ``protocol_ranges`` names the MR range set
     (:data:`unisyn_v2.phantom.protocols.PROTOCOL_RANGES`); ``protocols_per_modality`` how many images,
     each at its own protocol, every MR modality of a case has (CT and PET: always one). The number of
-    cases is not part of it: case i is the same in a dataset of 5 or of 500 cases.
+    cases is not part of it: case i is the same in a dataset of 5 or of 500 cases. ``lesions`` names the
+    pathology kinds (:data:`.pathology.LESION_KINDS`; empty: none, the default) a fraction
+    ``lesion_fraction`` of the cases carry; ``sinuses`` adds the air sinuses to the anatomy (a phantom.json
+    without the key predates them, so :meth:`from_dict` reads its absence as False).
     """
 
     seed: int
@@ -78,6 +90,9 @@ class PhantomSpec:
     skull_strip: bool = False
     tissue_maps_dir: Path | None = None
     protocols_per_modality: int = 1
+    lesions: tuple[str, ...] = ()
+    lesion_fraction: float = DEFAULT_LESION_FRACTION
+    sinuses: bool = True
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.shape)
@@ -91,6 +106,16 @@ class PhantomSpec:
         if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
             raise ValueError(f"protocols_per_modality must be a whole number of at least 1 (got {repeats!r})")
         object.__setattr__(self, "protocols_per_modality", int(repeats))
+        object.__setattr__(self, "lesions", parse_lesion_kinds(self.lesions))
+        fraction = self.lesion_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"lesion_fraction must be a number from 0 to 1, the fraction of cases with pathology "
+                             f"(got {fraction!r})")
+        object.__setattr__(self, "lesion_fraction", float(fraction))
+        if not isinstance(self.sinuses, (bool, np.bool_)):
+            raise ValueError(f"sinuses must be true or false (got {self.sinuses!r})")
+        object.__setattr__(self, "sinuses", bool(self.sinuses))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "voxel_size", voxel_size)
@@ -98,6 +123,8 @@ class PhantomSpec:
         object.__setattr__(self, "skull_strip", bool(self.skull_strip))
         if self.tissue_maps_dir is not None:
             object.__setattr__(self, "tissue_maps_dir", Path(self.tissue_maps_dir).resolve())
+            if self.lesions:
+                raise ValueError("lesions need the procedural anatomy; tissue maps bring their own (give a lesion map there)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``phantom.json`` holds); ``protocols_per_modality`` only when above 1, so a
@@ -109,6 +136,11 @@ class PhantomSpec:
             "tissue_maps_dir": None if self.tissue_maps_dir is None else str(self.tissue_maps_dir)}
         if self.protocols_per_modality != 1:
             data["protocols_per_modality"] = self.protocols_per_modality
+        if self.lesions:
+            data["lesions"] = list(self.lesions)
+            data["lesion_fraction"] = self.lesion_fraction
+        if self.sinuses:
+            data["sinuses"] = True
         return data
 
     def repetitions(self, modality: str) -> int:
@@ -117,10 +149,17 @@ class PhantomSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = SPEC_FILE) -> "PhantomSpec":
-        """Parse :meth:`to_dict`'s form; unknown or missing keys are errors naming ``where``."""
+        """Parse :meth:`to_dict`'s form; unknown or missing keys are errors naming ``where``.
+
+        ``cases`` and ``lesion_labels`` (the lesion records phantom.json holds beside the spec) are skipped; a
+        missing ``sinuses`` means False (written before the sinuses existed)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or "seed" not in data or set(data) - known:
-            raise ValueError(f"{where}: expected an object with 'seed' and only {', '.join(sorted(known))}")
+        if not isinstance(data, dict) or "seed" not in data or set(data) - known - _RECORD_KEYS:
+            raise ValueError(f"{where}: expected an object with 'seed' and only {', '.join(sorted(known | _RECORD_KEYS))}")
+        data = {k: v for k, v in data.items() if k not in _RECORD_KEYS}
+        data.setdefault("sinuses", False)
+        if "lesions" in data and (not isinstance(data["lesions"], list) or not all(isinstance(k, str) for k in data["lesions"])):
+            raise ValueError(f"{where}: lesions must be a list of kinds (got {data['lesions']!r})")
         try:
             return cls(**data)
         except (TypeError, ValueError) as error:
@@ -135,6 +174,11 @@ class PhantomAnatomy:
     subject: PhantomSubject
     mask: np.ndarray
     geometry: VolumeGeometry
+    pathology: Pathology | None = None  # None: the phantom has no lesions; empty kinds: this case has none
+
+    def lesion_labels(self) -> np.ndarray:
+        """The lesion label map (uint8, :data:`.pathology.LESION_LABELS`)."""
+        return lesion_labels(self.tissues)
 
 
 @dataclass(frozen=True)
@@ -183,16 +227,25 @@ def _cached_maps(directory: Path) -> list[tuple[dict[str, np.ndarray], VolumeGeo
 
 
 def case_anatomy(spec: PhantomSpec, case_index: int) -> PhantomAnatomy:
-    """The head of case ``case_index`` (0-based): its own subject and anatomy streams, or tissue maps."""
+    """The head of case ``case_index`` (0-based): its own subject and anatomy streams, or tissue maps.
+
+    With ``spec.lesions`` its lesion stream decides whether it has pathology (``lesion_fraction``), where,
+    and the subject's values of the pathology classes; without pathology it is the lesion-free head."""
     subject = draw_subject(case_rng(spec.seed, case_index, _SUBJECT_STREAM))
+    pathology = None
+    if spec.lesions:
+        rng = case_rng(spec.seed, case_index, _LESION_STREAM)
+        pathology = draw_pathology(rng, spec.lesions, spec.lesion_fraction)
+        if pathology.kinds:
+            subject = with_pathology_values(subject, rng)
     if spec.tissue_maps_dir is not None:
         sets = _cached_maps(spec.tissue_maps_dir)
         tissues, geometry = sets[case_index % len(sets)]
     else:
         tissues = simulate_subject(case_rng(spec.seed, case_index, _ANATOMY_STREAM), spec.shape, spec.voxel_size,
-                                   subject=subject)
+                                   subject=subject, pathology=pathology, sinuses=spec.sinuses)
         geometry = VolumeGeometry.centred(spec.shape, spec.voxel_size)
-    return PhantomAnatomy(tissues, subject, brain_mask(tissues), geometry)
+    return PhantomAnatomy(tissues, subject, brain_mask(tissues), geometry, pathology)
 
 
 def case_session(spec: PhantomSpec, case_index: int) -> tuple[list[str], dict[ModalityFamily, dict[str, Any]]]:
@@ -257,8 +310,13 @@ def render_image(spec: PhantomSpec, anatomy: PhantomAnatomy, modality: str, meta
     return image.astype(np.float32)
 
 
-def _write_case(context: _Context, case_index: int) -> dict[str, Any]:
-    """Simulate and write one case; returns its dataset.json entry."""
+def lesion_file_name(case_id: str) -> str:
+    """``sub-001/sub-001_lesions.nii.gz``: the case's lesion label map, relative to the dataset folder."""
+    return f"{case_id}/{case_id}{LESION_FILE_SUFFIX}"
+
+
+def _write_case(context: _Context, case_index: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Simulate and write one case; returns its dataset.json entry and, with lesions, its phantom.json record."""
     spec = context.spec
     width = max(3, len(str(context.num_cases)))
     case_id = f"sub-{case_index + 1:0{width}d}"
@@ -268,6 +326,15 @@ def _write_case(context: _Context, case_index: int) -> dict[str, Any]:
         modalities = list(spec.modalities)
     folder = context.output_dir / case_id
     write_nifti(anatomy.mask, anatomy.geometry, folder / f"{case_id}_brainmask.nii.gz")
+    record = None
+    if anatomy.pathology is not None:
+        labels = anatomy.lesion_labels()
+        write_nifti(labels, anatomy.geometry, context.output_dir / lesion_file_name(case_id))
+        counts = np.bincount(labels.ravel(), minlength=len(LESION_LABELS))
+        record = {"lesions": lesion_file_name(case_id), "pathology": list(anatomy.pathology.kinds),
+                  "voxels": {LESION_LABELS[k]: int(counts[k]) for k in range(1, len(LESION_LABELS)) if counts[k]}}
+        if anatomy.pathology.infarct is not None:
+            record["infarct_territory"] = anatomy.pathology.infarct.territory
     images = []
     for name in modalities:
         for repetition in range(1, spec.repetitions(name) + 1):
@@ -277,7 +344,7 @@ def _write_case(context: _Context, case_index: int) -> dict[str, Any]:
             write_nifti(image, anatomy.geometry, context.output_dir / relative)
             images.append({"file": relative, "modality": name, "metadata": metadata.to_dict()})
     return {"id": case_id, "subject": anatomy.subject.metadata().to_dict(),
-            "brain_mask": f"{case_id}/{case_id}_brainmask.nii.gz", "images": images}
+            "brain_mask": f"{case_id}/{case_id}_brainmask.nii.gz", "images": images}, record
 
 
 def _validated_modalities(modalities: Sequence[str] | None) -> tuple[str, ...]:
@@ -298,7 +365,9 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
                              modalities: Sequence[str] | None = None, skull_strip: bool = False,
                              tissue_maps_dir: Path | None = None, overwrite: bool = False, name: str = "Phantom",
                              num_processes: int = 1, progress: bool = False, complete: bool = False,
-                             protocol_ranges: str = DEFAULT_PROTOCOL_RANGES, protocols_per_modality: int = 1) -> Path:
+                             protocol_ranges: str = DEFAULT_PROTOCOL_RANGES, protocols_per_modality: int = 1,
+                             lesions: str | Sequence[str] | None = None, lesion_fraction: float = DEFAULT_LESION_FRACTION,
+                             sinuses: bool = True) -> Path:
     """Write a raw dataset folder (images, brain masks, dataset.json, phantom.json) and return it.
 
     ``shape`` is (z, y, x) voxels and ``voxel_size_mm`` (x, y, z); with ``tissue_maps_dir`` the maps fix
@@ -309,7 +378,11 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
     modality of a case N times at independently drawn protocols of the set (one session: field strength
     and vendor shared; files ``sub-001_T2w.nii.gz``, ``sub-001_run-2_T2w.nii.gz``, ...), so a model sees
     the same head at several TE/TR/TI/flip angles instead of each protocol confounded with its subject;
-    N = 1 writes exactly what it always did. ``phantom.json`` records the settings that
+    N = 1 writes exactly what it always did. ``lesions`` (``"infarct,wmh,tumour"``, ``"all"`` or a list)
+    gives a fraction ``lesion_fraction`` of the cases pathology and every case a label map
+    ``<case>/<case>_lesions.nii.gz`` (:data:`.pathology.LESION_LABELS`), listed under ``cases`` in
+    phantom.json, not in dataset.json; without lesions every byte is what it was before they existed.
+    ``sinuses=False`` draws the heads without air sinuses, as datasets made before them. ``phantom.json`` records the settings that
     rebuild any case (:func:`unisyn_v2.phantom.render_subject`). An existing non-empty ``output_dir`` is
     refused unless ``overwrite``; overwriting replaces only the files this function writes and deletes nothing.
     """
@@ -318,7 +391,8 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1 (got {num_cases})")
     spec = PhantomSpec(seed, shape, voxel_size_mm, PHANTOM_MODALITIES if modalities is None else tuple(modalities),
-                       protocol_ranges, skull_strip, tissue_maps_dir, protocols_per_modality)
+                       protocol_ranges, skull_strip, tissue_maps_dir, protocols_per_modality,
+                       parse_lesion_kinds(lesions), lesion_fraction, sinuses)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True")
     maps_dir = spec.tissue_maps_dir
@@ -327,16 +401,23 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
         logger.info("anatomy from tissue maps in %s; their grid replaces shape and voxel_size_mm", maps_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     context = _Context(output_dir, int(num_cases), spec, complete)
-    cases = map_cases(_write_case, context, list(range(num_cases)), num_processes, progress, "phantom")
+    written = map_cases(_write_case, context, list(range(num_cases)), num_processes, progress, "phantom")
+    cases = [entry for entry, _ in written]
     anatomy = (f"tissue maps from {maps_dir}" if maps_dir is not None
                else f"shape {list(spec.shape)} (z, y, x), voxel size {list(spec.voxel_size)} mm (x, y, z)")
     description = (f"Physics-based multi-modal brain phantom (unisyn_v2.phantom): seed {seed}, {anatomy}, "
                    f"protocol ranges {spec.protocol_ranges}"
                    + (f", {spec.protocols_per_modality} protocols per MR modality" if spec.protocols_per_modality > 1 else "")
+                   + (f", pathology ({', '.join(spec.lesions)}) in {spec.lesion_fraction:.0%} of cases, lesion label maps "
+                      f"listed in {SPEC_FILE}" if spec.lesions else "")
                    + (", skull-stripped." if skull_strip else "."))
     dataset = {"name": name, "description": description, "reference": "unisyn_v2.phantom", "licence": "CC0-1.0",
                "cases": cases}
-    write_json_atomic(output_dir / SPEC_FILE, spec.to_dict())
+    record = spec.to_dict()
+    if spec.lesions:
+        record[CASES_KEY] = {entry["id"]: lesions for entry, lesions in written}
+        record[LABELS_KEY] = {str(k): v for k, v in LESION_LABELS.items()}
+    write_json_atomic(output_dir / SPEC_FILE, record)
     write_json_atomic(output_dir / "dataset.json", dataset)
     n_images = sum(len(c["images"]) for c in cases)
     logger.info("wrote %d cases (%d images) to %s in %.1f s", len(cases), n_images, output_dir,

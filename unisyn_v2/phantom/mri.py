@@ -18,7 +18,7 @@ from unisyn_v2.metadata.signal_equations import (  # noqa: F401  (the phantom's 
 )
 
 from .protocols import nominal_protocol
-from .tissues import BRAIN_TISSUES, TISSUES, PhantomSubject, mri_parameters
+from .tissues import ALL_TISSUES, BRAIN_TISSUES, TISSUES, PhantomSubject, mri_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _filled(metadata: ImageMetadata, modality: str) -> ImageMetadata:
 
 
 def tissue_signals(modality: str, metadata: ImageMetadata, subject: PhantomSubject) -> np.ndarray:
-    """Noise-free signal of every tissue (TISSUES order) for an MR protocol; fields left out get nominal values."""
+    """Noise-free signal of every tissue (ALL_TISSUES order) for an MR protocol; fields left out get nominal values."""
     m = _filled(metadata, modality)
     p = mri_parameters(subject, float(m.field_strength))
     tr, te = float(m.repetition_time), float(m.echo_time)
@@ -89,12 +89,12 @@ def simulate_mri(modality: str, tissues: dict[str, np.ndarray], metadata: ImageM
     signals = tissue_signals(modality, metadata, subject)
     shape = next(iter(tissues.values())).shape
     image = np.zeros(shape, dtype=np.float32)
-    for name, s in zip(TISSUES, signals):
+    for name, s in zip(ALL_TISSUES, signals):
         if name in tissues and s != 0.0:
             image += np.float32(s) * tissues[name]
     if modality == "SWI":  # phase mask (1 - phase/pi)^4 darkens paramagnetic veins and iron
         phase = np.zeros(shape, dtype=np.float32)
-        for name, ph in zip(TISSUES, swi_phase(metadata, subject)):
+        for name, ph in zip(ALL_TISSUES, swi_phase(metadata, subject)):
             if name in tissues and ph != 0.0:
                 phase += np.float32(ph) * tissues[name]
         image *= np.clip(1.0 - phase / np.pi, 0.0, 1.0) ** 4

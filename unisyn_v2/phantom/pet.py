@@ -11,7 +11,7 @@ from scipy import ndimage
 from unisyn_v2.metadata.fields import ImageMetadata
 
 from .protocols import PET_DOSE, PET_UNITS, PET_UPTAKE, psf_fwhm_mm
-from .tissues import TISSUES, PhantomSubject
+from .tissues import ALL_TISSUES, PhantomSubject
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,9 @@ FDG_UPTAKE_EXPONENT = 0.2
 
 
 def tracer_values(tracer: str, metadata: ImageMetadata, subject: PhantomSubject) -> np.ndarray:
-    """Noise-free uptake of every tissue (TISSUES order) in the tracer's unit."""
+    """Noise-free uptake of every tissue (ALL_TISSUES order) in the tracer's unit; 0 where the subject has no value."""
     table = {"FDG": subject.fdg_suv, "AV45": subject.av45_suvr, "TAU": subject.tau_suvr}[tracer]
-    values = np.asarray([table.get(t, 0.0) for t in TISSUES], dtype=np.float64)
+    values = np.asarray([table.get(t, 0.0) for t in ALL_TISSUES], dtype=np.float64)
     if tracer == "FDG" and metadata.uptake_time is not None:
         values *= (float(metadata.uptake_time) / FDG_REFERENCE_UPTAKE_MIN) ** FDG_UPTAKE_EXPONENT
     return values
@@ -52,7 +52,7 @@ def simulate_pet(tracer: str, tissues: dict[str, np.ndarray], metadata: ImageMet
     values = tracer_values(tracer, metadata, subject)
     shape = next(iter(tissues.values())).shape
     image = np.zeros(shape, dtype=np.float32)
-    for name, v in zip(TISSUES, values):
+    for name, v in zip(ALL_TISSUES, values):
         if name in tissues and v != 0.0:
             image += np.float32(v) * tissues[name]
     if blur:

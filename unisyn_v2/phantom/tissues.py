@@ -23,6 +23,12 @@ TISSUES: tuple[str, ...] = (
     "air", "fat", "muscle", "bone", "marrow", "csf", "gm", "mtl", "deep_gm", "wm", "lesion", "vessel", "choroid",
 )
 BRAIN_TISSUES: tuple[str, ...] = ("gm", "mtl", "deep_gm", "wm", "lesion")
+# Pathology (optional, ``PhantomSpec.lesions``): chronic infarct cavity and its gliotic rim, tumour with an
+# enhancing rim, a necrotic core and vasogenic oedema. Kept out of TISSUES so that a healthy head draws
+# and renders exactly what it did before pathology existed (its maps simply lack these keys); the
+# white-matter hyperintensities are the existing "lesion" class. Their values: see .pathology.
+PATHOLOGY_TISSUES: tuple[str, ...] = ("infarct", "gliosis", "enhancing", "necrosis", "oedema")
+ALL_TISSUES: tuple[str, ...] = TISSUES + PATHOLOGY_TISSUES
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,17 @@ RELAXATION: dict[str, Relaxation] = {
     "lesion": Relaxation(1200.0, 1450.0, 130.0, 125.0, 60.0, 0.80),
     "vessel": Relaxation(1440.0, 1930.0, 150.0, 70.0, 20.0, 0.85, chi=0.35, gd_mM=0.6),
     "choroid": Relaxation(1000.0, 1300.0, 100.0, 95.0, 40.0, 0.85, gd_mM=0.4),
+    # Pathology: relaxation is prolonged where tissue water rises (Bottomley et al., "A review of 1H NMR
+    # relaxation in pathology", Med Phys 1987;14:1). A chronic infarct cavity (encephalomalacia) holds
+    # fluid close to CSF with some debris: T1 and T2 a little below CSF, so FLAIR suppresses it nearly like
+    # CSF; its gliotic rim is FLAIR-bright like a WMH. Vasogenic oedema (extracellular water in WM) has T2
+    # about twice WM's; viable tumour is cellular (moderately long T1/T2) and, behind a broken blood-brain
+    # barrier, takes up gadolinium like choroid plexus; the necrotic core is fluid-like and not perfused.
+    "infarct": Relaxation(3000.0, 3400.0, 700.0, 650.0, 300.0, 0.95),
+    "gliosis": Relaxation(1250.0, 1550.0, 140.0, 130.0, 65.0, 0.82),
+    "enhancing": Relaxation(1250.0, 1650.0, 110.0, 105.0, 50.0, 0.85, gd_mM=0.4),
+    "necrosis": Relaxation(2400.0, 2900.0, 350.0, 330.0, 100.0, 0.92),
+    "oedema": Relaxation(1200.0, 1550.0, 160.0, 150.0, 70.0, 0.84),
 }
 # T2* at 1.5 T is about 1.3x the 3 T value in brain (Peters et al., MRI 2007), never above T2.
 T2STAR_15_OVER_30 = 1.3
@@ -73,6 +90,10 @@ CT_HU_120: dict[str, tuple[float, float]] = {
     "marrow": (300.0, 700.0), "csf": (2.0, 12.0), "gm": (35.0, 42.0), "mtl": (35.0, 42.0),
     "deep_gm": (32.0, 40.0), "wm": (22.0, 30.0), "lesion": (15.0, 24.0), "vessel": (40.0, 60.0),
     "choroid": (30.0, 45.0),
+    # Pathology, unenhanced: chronic infarct cavities approach CSF density, gliosis and vasogenic oedema are
+    # hypodense to WM, cellular tumour is iso- to hyperdense to grey matter, necrosis hypodense (same tables).
+    "infarct": (2.0, 12.0), "gliosis": (15.0, 24.0), "enhancing": (32.0, 45.0), "necrosis": (8.0, 18.0),
+    "oedema": (14.0, 22.0),
 }
 # Relative change of HU per 20 kV below 120 kVp: bone attenuates relatively more at low photon energy
 # (photoelectric effect of calcium, NIST XCOM mass attenuation coefficients); soft tissue is nearly flat.
@@ -180,13 +201,13 @@ def draw_subject(rng: np.random.Generator | None, age: float | None = None, sex:
 
 
 def mri_parameters(subject: PhantomSubject, field_strength: float) -> dict[str, np.ndarray]:
-    """Per-tissue T1, T2, T2* (ms), PD, chi and Gd arrays (in TISSUES order) at any field strength.
+    """Per-tissue T1, T2, T2* (ms), PD, chi and Gd arrays (in ALL_TISSUES order) at any field strength.
 
     Between and beyond 1.5 and 3 T, times follow a power law in B0 fitted to the two tabulated fields.
     """
     b = float(field_strength) / 1.5
     out: dict[str, list[float]] = {k: [] for k in ("t1", "t2", "t2s", "pd", "chi", "gd")}
-    for t in TISSUES:
+    for t in ALL_TISSUES:
         r = RELAXATION[t]
         f1, f2, f2s, fpd = subject.mri_factors.get(t, (1.0, 1.0, 1.0, 1.0))
         t2s_15 = min(r.t2s_30 * T2STAR_15_OVER_30, r.t2_15)
@@ -202,6 +223,9 @@ def mri_parameters(subject: PhantomSubject, field_strength: float) -> dict[str, 
 
 
 def ct_values(subject: PhantomSubject, kvp: float) -> np.ndarray:
-    """Per-tissue HU (TISSUES order) at a tube voltage; lower kVp raises bone HU."""
+    """Per-tissue HU (ALL_TISSUES order) at a tube voltage; lower kVp raises bone HU.
+
+    A pathology tissue the subject has no drawn value for takes the middle of its range."""
     shift = (120.0 - float(kvp)) / 20.0
-    return np.asarray([subject.ct_hu[t] * (1.0 + CT_KVP_SLOPE.get(t, 0.0) * shift) for t in TISSUES])
+    hu = [subject.ct_hu[t] if t in subject.ct_hu else 0.5 * sum(CT_HU_120[t]) for t in ALL_TISSUES]
+    return np.asarray([v * (1.0 + CT_KVP_SLOPE.get(t, 0.0) * shift) for t, v in zip(ALL_TISSUES, hu)])
