@@ -43,7 +43,11 @@ def test_demo_end_to_end_and_rerun(unisyn_dirs: dict[str, Path], tmp_path: Path,
     assert inputs and all((out / "inputs" / c["brain_mask"]).is_file() for c in inputs)
     assert set(report["validation"]) == {"T1w->CT", "T1w->FDG-PET"}
     assert {"model", "identity", "histogram_matching"} <= set(report["validation"]["T1w->CT"])
-    assert "validation T1w->CT" in printed
+    assert {"model_head_mae_hu", "model_bone_dice", "model_bone_mae"} <= set(report["validation"]["T1w->CT"])
+    assert "model_bone_dice" not in report["validation"]["T1w->FDG-PET"]
+    ct_summary = json.loads(Path(report["evaluations"]["CT"]["summary"]).read_text())
+    assert {"head_mae", "bone_dice", "bone_mae"} <= set(ct_summary["mean"])  # the skull is scored, not only the brain
+    assert "validation T1w->CT" in printed and "bone Dice" in printed
 
     # a second run reuses the phantom, the preprocessed data and both finished trainings
     checkpoint = Path(report["synthesis_model"]) / "fold_0" / "checkpoint_final.pth"

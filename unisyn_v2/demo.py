@@ -117,14 +117,20 @@ def _evaluate_target(target: str, predictions: Path, truths: dict[str, dict[str,
     return summary
 
 
+HEAD_AND_BONE_METRICS = ("head_psnr", "head_mae_hu", "bone_dice", "bone_mae")
+
+
 def validation_against_baselines(summary_path: Path) -> dict[str, dict[str, Any]]:
-    """Per task of the trainer's final validation: PSNR of the model, identity and histogram matching."""
+    """Per task of the trainer's final validation: PSNR of the model, identity and histogram matching (brain), and
+    the model's head PSNR; for CT also its head MAE (HU) and bone Dice / MAE, which show the skull."""
     if not summary_path.is_file():
         return {}
     tasks = read_json(summary_path).get("tasks", {})
     return {task: {"model": values["mean"].get("psnr"),
                    **{name: b.get("psnr") for name, b in values["baselines"].items()},
-                   "beats_baselines": values.get("beats_baselines")} for task, values in tasks.items()}
+                   "beats_baselines": values.get("beats_baselines"),
+                   **{f"model_{k}": values["mean"][k] for k in HEAD_AND_BONE_METRICS if k in values["mean"]}}
+            for task, values in tasks.items()}
 
 
 def demo_epochs(options: DemoOptions, plans_epochs: int) -> int:

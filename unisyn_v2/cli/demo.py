@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  T1w -> {target:8s} {metrics}  ({evaluation['summary']})")
         for task, psnr in report.get("validation", {}).items():
             print(f"  validation {task:16s} PSNR model {psnr['model']:.2f} dB, identity {psnr.get('identity', float('nan')):.2f}, "
-                  f"histogram matching {psnr.get('histogram_matching', float('nan')):.2f} (reference protocol)")
+                  f"histogram matching {psnr.get('histogram_matching', float('nan')):.2f} (reference protocol, brain)")
+            if "model_bone_dice" in psnr:
+                print(f"  validation {task:16s} head MAE {float(psnr['model_head_mae_hu']):.1f} HU, bone Dice "
+                      f"{float(psnr['model_bone_dice']):.3f}, bone MAE {float(psnr['model_bone_mae']):.1f} HU")
         print(f"  report           {Path(args.output).resolve() / 'demo_report.json'}")
         return 0
 
