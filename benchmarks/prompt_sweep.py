@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from unisyn_v2.dataset.image_io import read_image  # noqa: E402
 from unisyn_v2.metadata.fields import ImageMetadata  # noqa: E402
 from unisyn_v2.metadata.modalities import ModalityFamily  # noqa: E402
 from unisyn_v2.metadata.prompts import ImageDescription  # noqa: E402
@@ -329,6 +330,34 @@ def qmap_errors(predictor: Any, cases: list[Any], phantoms: dict[str, PhantomCas
     return {"rows": rows, "summary": summary}
 
 
+def real_template_scores(predictors: dict[str, Any], real_dir: Path) -> dict[str, Any]:
+    """The sweep's models on the real ICBM152 templates: T1w -> T2w (TE 120 ms) and -> PD-weighted (TE 35 ms).
+
+    One model per method predicts both from the skull-stripped average T1w (spoiled FLASH TR 18 / TE 10 ms,
+    30 degrees, 1.5 T). This phantom has no PD modality, so the PD-weighted template (same dual-echo spin
+    echo, TR 3300 ms) is asked for as a T2w spin echo at TE 35 ms: the same physics, and inside the T2w TE
+    range the models trained on. Scored like the sweep (papers' scaling in the brain mask)."""
+    import real_templates
+
+    mask = read_image(real_dir / "brainmask_bin.nii.gz")[0] > 0.5
+    t1, geometry = read_image(real_dir / "T1w_icbm152avg.nii.gz")
+    t1 = np.where(mask, t1, 0.0).astype(np.float32)
+    source = real_templates.SOURCE
+    scanner = real_templates.MR_SCANNER
+    targets = {"T2w (TE 120 ms)": ("T2w_icbm152avg.nii.gz", 120.0), "PD (TE 35 ms)": ("PDw_icbm152avg.nii.gz", 35.0)}
+    out: dict[str, Any] = {}
+    for name, (file, echo_time) in targets.items():
+        reference = read_image(real_dir / file)[0]
+        metadata = ImageMetadata(repetition_time=3300.0, echo_time=echo_time, flip_angle=90.0, **scanner)
+        target = ImageDescription("T2w", metadata, real_templates.SUBJECT)
+        scores = {label: common.score(reference, common.predict_raw(p, t1, geometry, source, target, mask), mask, "T2w")
+                  for label, p in predictors.items()}
+        scores["identity"] = common.score(reference, t1, mask, "T2w")
+        out[name] = {"scores": scores}
+        logger.info("real template %s: %s", name, ", ".join(f"{k} {v['psnr']:.2f}" for k, v in scores.items()))
+    return out
+
+
 def prompt_response(predictor: Any, targets: list[ImageDescription]) -> dict[str, float] | None:
     """How much alpha and beta move across a sweep's target prompts, against their spread over channels.
 
@@ -472,6 +501,13 @@ def markdown(config: common.BenchmarkConfig, result: dict[str, Any], methods: li
             r = response.get(method)
             cells += [f"{r['alpha']:.3f}", f"{r['beta']:.3f}"] if r else ["–", "–"]
         lines.append(f"| {sweep.name} | " + " | ".join(cells) + " |")
+    if result.get("real_templates"):
+        lines += ["", "**Real ICBM152 templates** (one model per method: T1w -> T2w and -> PD-weighted, asked as a T2w spin "
+                  "echo at TR 3300 ms and the template's TE; PSNR dB / SSIM, papers' scaling in the brain)", "",
+                  "| target | " + " | ".join(next(iter(result["real_templates"].values()))["scores"]) + " |",
+                  "|---|" + "---|" * len(next(iter(result["real_templates"].values()))["scores"])]
+        for name, entry in result["real_templates"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{v['psnr']:.2f} / {v['ssim']:.3f}" for v in entry["scores"].values()) + " |")
     if result.get("qmap_errors"):
         lines += ["", "**q-map error of the qMRI head** (mean over held-out subjects and sources T1w, T2w; pure-tissue "
                   "voxels; never a training signal)", "", "| tissue | quantity | predicted (ms) | true (ms) | MAE (ms) | relative |",
@@ -501,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--affine-hidden", type=int, default=128,
                         help="hidden width of the GFM's prompt -> (alpha, beta) MLP written into the plans (default 128; "
                              "0: the paper's linear map, the plans' default)")
+    parser.add_argument("--real-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "real_mni2mm",
+                        help="the real MNI 2 mm templates (ICBM152 T1w/T2w/PD); absent: that part is skipped")
     args = parser.parse_args(argv)
     config = common.make_config(args)
     config.dataset_id, config.name = 975, "PromptSweep"
@@ -516,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ensure_dataset(config)
     result = run(config, methods)
+    real_dir = args.real_dir.resolve()
+    if (real_dir / "brainmask_bin.nii.gz").is_file():
+        predictors = {label: common.load_predictor(config, common.train(config, trainer, TASKS)[0]) for label, trainer in methods}
+        result["real_templates"] = real_template_scores(predictors, real_dir)
+    else:
+        logger.warning("real templates skipped: %s is absent", real_dir)
     labels = [label for label, _ in methods] + [CEILING]
     result["headline"] = headline(result["summary"], labels)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
