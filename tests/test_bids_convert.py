@@ -97,7 +97,7 @@ def test_converter_recovers_a_known_rigid_transform(phantom_bids: tuple[Path, Pa
     reference = sitk.ReadImage(str(raw / "sub-001" / "sub-001_T1w.nii.gz"))
     errors = [np.linalg.norm(np.subtract(estimate.TransformPoint(p), truth.TransformPoint(p)))
               for p in (reference.TransformIndexToPhysicalPoint([int(i) for i in idx[::-1]]) for idx in np.argwhere(mask > 0))]
-    assert max(errors) < VOXEL_MM, f"registration error up to {max(errors):.2f} mm"
+    assert max(errors) < VOXEL_MM / 2, f"registration error up to {max(errors):.2f} mm"  # measured 0.7-1.2 mm
     assert np.mean(errors) < VOXEL_MM / 3
     # the resampled image is the original again (up to interpolation), on the reference grid
     converted = load_dataset_description(tmp_path / "Dataset003_Moved").case("sub-001")
