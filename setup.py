@@ -12,8 +12,8 @@ Pins that matter (checked on a fresh Python 3.11 venv with the local CPU torch 2
 from setuptools import find_packages, setup
 
 CONSOLE_SCRIPTS = [
-    "unisyn_phantom = unisyn_v2.phantom.cli:main",
-    "unisyn_render_phantom = unisyn_v2.phantom.cli:render_main",
+    "unisyn_phantom = unisyn_v2.cli.phantom:main",
+    "unisyn_render_phantom = unisyn_v2.cli.phantom:render_main",
     "unisyn_plan_and_preprocess = unisyn_v2.cli.plan_and_preprocess:plan_and_preprocess_main",
     "unisyn_extract_fingerprint = unisyn_v2.cli.plan_and_preprocess:extract_fingerprint_main",
     "unisyn_plan_experiment = unisyn_v2.cli.plan_and_preprocess:plan_experiment_main",
@@ -48,6 +48,6 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "import-linter>=2.0"]},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

@@ -16,7 +16,7 @@ from unisyn_v2.phantom import (
     PHANTOM_MODALITIES, TISSUES, brain_mask, draw_protocol, draw_subject, generate_phantom_dataset, simulate_image,
     simulate_subject,
 )
-from unisyn_v2.phantom.cli import main as phantom_main
+from unisyn_v2.cli.phantom import main as phantom_main
 from unisyn_v2.phantom.generator import case_rng, choose_modalities
 from unisyn_v2.phantom.mri import tissue_signals
 from unisyn_v2.phantom.protocols import flair_null_ti, nominal_protocol

@@ -15,7 +15,7 @@ from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.phantom import (
     PhantomSpec, draw_subject, generate_phantom_dataset, read_phantom_spec, render_subject, simulate_image,
 )
-from unisyn_v2.phantom.cli import main as phantom_main
+from unisyn_v2.cli.phantom import main as phantom_main
 from unisyn_v2.phantom.generator import case_anatomy
 from unisyn_v2.phantom.pathology import LESION_LABELS, parse_lesion_kinds, with_pathology_values
 from unisyn_v2.phantom.protocols import flair_null_ti

@@ -18,8 +18,8 @@ from unisyn_v2.phantom import (
     PROTOCOL_RANGES, PhantomCase, PhantomSpec, ProtocolRangeSet, SequenceRanges, draw_protocol, generate_phantom_dataset,
     nominal_protocol, protocol_problems, read_phantom_spec, render_subject, simulate_image, typical_protocol,
 )
-from unisyn_v2.phantom.cli import main as phantom_main
-from unisyn_v2.phantom.cli import render_main
+from unisyn_v2.cli.phantom import main as phantom_main
+from unisyn_v2.cli.phantom import render_main
 from unisyn_v2.phantom.generator import PHANTOM_MODALITIES
 from unisyn_v2.phantom.protocols import CLINICAL, WIDE, flair_null_ti
 from unisyn_v2.phantom.render import case_index_of

@@ -16,8 +16,8 @@ from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.dataset.integrity import verify_dataset_integrity
 from unisyn_v2.experiment_planning import api
 from unisyn_v2.phantom import PhantomCase, PhantomSpec, generate_phantom_dataset, read_phantom_spec, render_subject
-from unisyn_v2.phantom.cli import main as phantom_main
-from unisyn_v2.phantom.cli import render_main
+from unisyn_v2.cli.phantom import main as phantom_main
+from unisyn_v2.cli.phantom import render_main
 from unisyn_v2.phantom.protocols import PROTOCOL_RANGES, WIDE, ProtocolRangeSet, SequenceRanges
 from unisyn_v2.training.data.cases import CaseCollection
 from unisyn_v2.training.data.pair_sampler import PairSampler

@@ -18,10 +18,10 @@ from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.metadata.prompts import parse_prompt
 from unisyn_v2.paths import raw_dir
 
-from .generator import DEFAULT_LESION_FRACTION, PHANTOM_MODALITIES, PhantomSpec, generate_phantom_dataset
-from .pathology import LESION_KINDS, LESION_LABELS
-from .protocols import DEFAULT_PROTOCOL_RANGES, PROTOCOL_RANGES
-from .render import PhantomCase, prompt_patch, read_phantom_spec
+from unisyn_v2.phantom.generator import DEFAULT_LESION_FRACTION, PHANTOM_MODALITIES, PhantomSpec, generate_phantom_dataset
+from unisyn_v2.phantom.pathology import LESION_KINDS, LESION_LABELS
+from unisyn_v2.phantom.protocols import DEFAULT_PROTOCOL_RANGES, PROTOCOL_RANGES
+from unisyn_v2.phantom.render import PhantomCase, prompt_patch, read_phantom_spec
 
 logger = logging.getLogger(__name__)
 
