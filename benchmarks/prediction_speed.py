@@ -47,7 +47,7 @@ def child_api(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from unisyn_v2.inference import predictor as module
-    from unisyn_v2.inference.sliding_window import compute_tile_starts
+    from unisyn_v2.models.sliding_window import compute_tile_starts
 
     use_work_folder(Path(spec["work"]))
     device = spec["device"]

@@ -34,7 +34,7 @@ from unisyn_v2.dataset.description import load_dataset_description  # noqa: E402
 from unisyn_v2.dataset.image_io import read_image  # noqa: E402
 from unisyn_v2.evaluation.seams import seam_report, slab_boundaries  # noqa: E402
 from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor  # noqa: E402
-from unisyn_v2.inference.sliding_window import z_window_layout  # noqa: E402
+from unisyn_v2.models.sliding_window import z_window_layout  # noqa: E402
 from unisyn_v2.metadata.fields import ImageMetadata, SubjectMetadata  # noqa: E402
 from unisyn_v2.metadata.prompts import ImageDescription  # noqa: E402
 from unisyn_v2.preprocessing.case_preprocessor import preprocess_case  # noqa: E402

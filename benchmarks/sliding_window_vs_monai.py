@@ -98,7 +98,7 @@ def run_method(method: str, image: Any, predictor: Callable[[Any], Any], tile: t
                tile_batch: int, device: str, weight_map: Any = None) -> Any:
     """One whole sliding-window call; (C, Z, Y, X) on the CPU in, float32 (C, Z, Y, X) on the CPU out."""
     if method == "ours":
-        from unisyn_v2.inference.sliding_window import sliding_window_predict
+        from unisyn_v2.models.sliding_window import sliding_window_predict
 
         return sliding_window_predict(image, predictor, tile, step_size=1.0 - overlap, use_gaussian=True,
                                       tile_batch_size=tile_batch, device=device)
@@ -148,7 +148,7 @@ def child_agree(spec: dict[str, Any]) -> dict[str, Any]:
     """Exact check: aligned tile grid and our Gaussian as MONAI's ``roi_weight_map``; and the two Gaussians."""
     from monai.data.utils import compute_importance_map
 
-    from unisyn_v2.inference.sliding_window import gaussian_importance_map
+    from unisyn_v2.models.sliding_window import gaussian_importance_map
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

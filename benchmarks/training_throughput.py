@@ -61,7 +61,7 @@ def child_train(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from unisyn_v2.training.registry import resolve_trainer_class
+    from unisyn_v2.models.registry import resolve_trainer_class
 
     device = spec["device"]
     if spec.get("threads"):

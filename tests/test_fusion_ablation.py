@@ -6,7 +6,7 @@ import torch
 
 from unisyn_v2.networks.factory import build_synthesis_network
 from unisyn_v2.networks.refinement import RefinementBlock
-from unisyn_v2.training.registry import resolve_trainer_class
+from unisyn_v2.models.registry import resolve_trainer_class
 
 TINY = {"dims": 2, "in_channels": 2, "out_channels": 2, "encoder_width": 8, "num_blocks": 1, "feature_dim": 8,
         "decoder_hidden": [8], "text_dim": 6, "num_heads": 2}

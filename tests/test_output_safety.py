@@ -17,7 +17,7 @@ from unisyn_v2.cli import predict as predict_cli
 from unisyn_v2.dataset.image_io import Geometry, write_image
 from unisyn_v2.evaluation.evaluate import atomic_write_text
 from unisyn_v2.inference import predictor as predictor_module
-from unisyn_v2.inference import sliding_window as sw
+from unisyn_v2.models import sliding_window as sw
 from unisyn_v2.io_utils import copy_file_atomic, write_json_atomic
 from unisyn_v2.preprocessing.case_store import PreprocessedCase, save_preprocessed_case
 from unisyn_v2.training.checkpointing import save_checkpoint_atomic

@@ -125,7 +125,7 @@ def write_model_folder(root: Path, plans: Plans, trainer: str = "GFMTrainer", sh
 
 
 def stand_in_loader(model_folder: Path, fold: Any, checkpoint_name: str, device: torch.device) -> tuple[Any, Any, dict, Plans]:
-    """Same contract as unisyn_v2.training.model_folder.load_trained_model, for stand-in folders."""
+    """Same contract as unisyn_v2.models.folder.load_trained_model, for stand-in folders."""
     folder = Path(model_folder)
     if not (folder / f"fold_{fold}").is_dir():
         raise FileNotFoundError(f"{folder}: no fold_{fold}")

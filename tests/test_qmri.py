@@ -141,7 +141,7 @@ def test_fit_to_target_is_the_per_item_affine_least_squares_with_nonnegative_sca
 
 def test_finish_rendered_volume_applies_the_mri_contract() -> None:
     from test_predictor_support import make_plans
-    from unisyn_v2.inference.qmaps import finish_rendered_volume
+    from unisyn_v2.models.rendering import finish_rendered_volume
     from unisyn_v2.networks.slice_adapter import SlicesAsChannels
 
     plans = make_plans(("T1w", "T2w", "CT"))

@@ -9,7 +9,7 @@ from torch import nn
 
 from unisyn_v2.evaluation.seams import seam_ratio, seam_report, slab_boundaries, smooth_pairs
 from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
-from unisyn_v2.inference.sliding_window import compute_tile_starts, sliding_window_predict, z_window_layout
+from unisyn_v2.models.sliding_window import compute_tile_starts, sliding_window_predict, z_window_layout
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.networks.outputs import SynthesisOutput

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from unisyn_v2.inference import sliding_window as sw
-from unisyn_v2.inference.sliding_window import (
+from unisyn_v2.models import sliding_window as sw
+from unisyn_v2.models.sliding_window import (
     SlidingWindowPredictor,
     compute_tile_starts,
     gaussian_importance_map,

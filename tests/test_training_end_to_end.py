@@ -9,7 +9,7 @@ import torch
 
 from training_fixtures import DATASET_NAME, MODALITIES, write_text_encoder, write_training_dataset
 from unisyn_v2.cli.train import main
-from unisyn_v2.training.model_folder import load_trained_model
+from unisyn_v2.models.folder import load_trained_model
 from unisyn_v2.training.run_training import run_training
 from unisyn_v2.training.settings import TrainerSettings
 from unisyn_v2.training.synthesis_trainer import volume_network

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from unisyn_v2.training.gfm_trainer import GFMTrainer
-from unisyn_v2.training.registry import (
+from unisyn_v2.models.registry import (
     TRAINERS, UnknownTrainerError, register_trainer, resolve_command_line_trainer, resolve_trainer_class, short_name_of,
     trainer_dotted_path,
 )
@@ -57,7 +57,7 @@ def test_unknown_names_list_the_known_ones() -> None:
         resolve_command_line_trainer("no_such_package.module:Trainer")
     with pytest.raises(UnknownTrainerError, match="has no"):
         resolve_command_line_trainer(f"{__name__}:Missing")
-    with pytest.raises(UnknownTrainerError, match="not a TrainerBase subclass"):
+    with pytest.raises(UnknownTrainerError, match="which is not a trainer"):
         resolve_command_line_trainer(f"{__name__}:NotATrainer")
     assert f"{__name__}:NotATrainer" not in TRAINERS.values()
     for not_a_name in (None, 5, ["gfm"], {"gfm": 1}, ""):

@@ -14,7 +14,7 @@ from training_fixtures import make_trainer, write_text_encoder, write_training_d
 from unisyn_v2.io_utils import confined_path
 from unisyn_v2.networks.text_artifact import load_text_encoder_artifact
 from unisyn_v2.training.checkpointing import load_checkpoint
-from unisyn_v2.training.model_folder import build_conditioner, load_trained_model
+from unisyn_v2.models.folder import build_conditioner, load_trained_model
 from unisyn_v2.training.variants import OneHotGFMTrainer
 
 

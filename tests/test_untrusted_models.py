@@ -23,8 +23,8 @@ from training_fixtures import make_trainer, write_training_dataset
 from unisyn_v2 import model_sharing
 from unisyn_v2.cli import predict as predict_cli
 from unisyn_v2.cli.model_sharing import install_main
-from unisyn_v2.training.model_folder import load_trained_model
-from unisyn_v2.training.registry import TRAINERS, UnknownTrainerError
+from unisyn_v2.models.folder import load_trained_model
+from unisyn_v2.models.registry import TRAINERS, UnknownTrainerError
 from unisyn_v2.training.variants import OneHotGFMTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -50,7 +50,7 @@ class ModelArchiveError(ValueError):
 
 
 def _selected_files(model_folder: Path, folds: Sequence[str] | None, checkpoints: Sequence[str]) -> list[Path]:
-    from unisyn_v2.training.model_folder import is_model_file
+    from unisyn_v2.models.folder import is_model_file
 
     files: list[Path] = []
     for path in sorted(model_folder.rglob("*")):
@@ -202,7 +202,7 @@ def _check_layout(archive: zipfile.ZipFile, archive_path: Path, model_relative: 
                   files: dict[str, zipfile.ZipInfo], max_bytes: int, destination: Path) -> None:
     """Every file belongs in a model folder, the required ones are there, the manifest lists exactly them,
     and the declared sizes are no zip bomb and fit the disk."""
-    from unisyn_v2.training.model_folder import is_model_file
+    from unisyn_v2.models.folder import is_model_file
 
     for relative in sorted(files):
         if not is_model_file(relative):
@@ -279,7 +279,7 @@ def _extract(archive: zipfile.ZipFile, archive_path: Path, infos: list[zipfile.Z
 def _validate_contents(archive_path: Path, staged: Path, model_relative: Path, relatives: list[str],
                        trusted_trainers: Collection[str]) -> None:
     """Every JSON against its schema (errors name the archive and the member), and the conditioning's artifact."""
-    from unisyn_v2.training.model_folder import validate_model_file
+    from unisyn_v2.models.folder import validate_model_file
 
     for relative in relatives:
         source = f"{archive_path}: {model_relative.as_posix()}/{relative}"

@@ -11,7 +11,7 @@ from unisyn_v2.paths import results_dir
 
 
 def _model_folder(args: argparse.Namespace):  # noqa: ANN202
-    from unisyn_v2.training.registry import resolve_command_line_trainer
+    from unisyn_v2.models.registry import resolve_command_line_trainer
 
     name = resolve_dataset_name(args.dataset)
     trainer = resolve_command_line_trainer(args.trainer).__name__  # the user's own -tr: a dotted path may import

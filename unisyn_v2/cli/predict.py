@@ -6,7 +6,7 @@ import argparse
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
 from unisyn_v2.inference.predictor import DEFAULT_CHECKPOINT, PredictionSettings, UniSynPredictor, find_model_folder
-from unisyn_v2.inference.qmaps import rendering_network
+from unisyn_v2.models.rendering import rendering_network
 
 EPILOG = """\
 inputs: a folder with a dataset.json (its cases), a BIDS tree (one case per subject and session, as
@@ -80,7 +80,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError(f"-npp must be >= 1, got {args.num_processes}")
     if args.step_size <= 0 or args.step_size > 1:
         raise ValueError(f"--step_size must be in (0, 1], got {args.step_size}")
-    from unisyn_v2.training.registry import is_command_line_dotted_path, resolve_command_line_trainer
+    from unisyn_v2.models.registry import is_command_line_dotted_path, resolve_command_line_trainer
 
     if is_command_line_dotted_path(args.trainer):  # the user's own command line: their trainer may be imported
         resolve_command_line_trainer(args.trainer)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
-from unisyn_v2.training.registry import TRAINERS
+from unisyn_v2.models.registry import TRAINERS
 from unisyn_v2.training.run_training import DEFAULT_PLANS_NAME, DEVICES, run_training, run_training_distributed
 from unisyn_v2.training.settings import TrainerSettings, parse_task_filter
 

@@ -14,7 +14,7 @@ Both directions count: a slab whose positions carry different offsets can put it
 slices of the same slab as well as at the border. A blend that places a slab at every slice (the
 predictor's default for 2.5D models) has no preferred positions, so measuring it at the positions of
 the old slab grid is a fair before/after comparison. Pure numpy: the caller supplies the slab starts
-and the blending weights along z (``unisyn_v2.inference.sliding_window`` computes both).
+and the blending weights along z (``unisyn_v2.models.sliding_window`` computes both).
 
 Blind spot: a pattern that alternates at every pair alike is not seen. With 4-slice slabs at a 2-slice
 step the old blend takes slices alternately from slab positions 1 and 2, so a fixed offset between those

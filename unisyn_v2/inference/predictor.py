@@ -29,8 +29,9 @@ from unisyn_v2.inference.export import (
 from unisyn_v2.inference.inputs import (
     DescriptionSpec, InputCase, InputError, InputImage, choose_source, discover_cases, parse_description_spec,
 )
-from unisyn_v2.inference.qmaps import finish_rendered_volume, rendering_network, write_qmaps
-from unisyn_v2.inference.sliding_window import sliding_window_predict
+from unisyn_v2.inference.qmaps import write_qmaps
+from unisyn_v2.models.rendering import finish_rendered_volume, rendering_network
+from unisyn_v2.models.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import check_writable_folder, remove_stale_temp_files
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
@@ -80,7 +81,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def find_model_folder(dataset: str | int, trainer: str, configuration: str, plans_name: str = "unisynPlans") -> Path:
     """``results/<Dataset>/<Trainer>[_<tasks>]__<plans>__<config>``; ``trainer``: short name, class name or dotted path."""
-    from unisyn_v2.training.registry import UnknownTrainerError, trainer_dotted_path
+    from unisyn_v2.models.registry import UnknownTrainerError, trainer_dotted_path
 
     try:
         class_name = trainer_dotted_path(trainer).rpartition(":")[2].rpartition(".")[2]
@@ -107,7 +108,7 @@ def available_folds(model_folder: Path, checkpoint_name: str = DEFAULT_CHECKPOIN
 
 def load_fold(model_folder: Path, fold: int | str, checkpoint_name: str, device: torch.device) -> tuple[Any, Any, dict[str, Any], Plans]:
     """One fold through the trainers' loader (imported here: the training package may import inference)."""
-    from unisyn_v2.training.model_folder import load_trained_model
+    from unisyn_v2.models.folder import load_trained_model
 
     return load_trained_model(model_folder, fold, checkpoint_name, device)
 
@@ -163,7 +164,7 @@ class UniSynPredictor:
                        "dataset": plans.dataset_name, "plans": plans.plans_name, "configuration": configuration,
                        "folds": fold_list, "checkpoint": checkpoint_name, "conditioning": getattr(conditioner, "kind", None)}
         predictor = cls(networks, conditioner, plans, configuration, info, dev, settings, description)
-        from unisyn_v2.training.registry import BUILTIN_TRAINERS
+        from unisyn_v2.models.registry import BUILTIN_TRAINERS
 
         if info.get("trainer_class") in BUILTIN_TRAINERS.values():  # else a fresh -npp worker would not know it: pickle
             predictor.recipe = (str(folder), fold_list, checkpoint_name, str(dev))

@@ -1,7 +1,7 @@
 """Prediction with the qMRI head (issue 22): the MRI contract on rendered volumes, and ``--export_qmaps``.
 
 A :class:`~unisyn_v2.networks.qmri_head.QMRINetwork` renders an MR target as a physical signal (PD
-units). :func:`finish_rendered_volume` turns the whole rendered volume into the MRI contract's scale
+units). :func:`~unisyn_v2.models.rendering.finish_rendered_volume` turns the whole rendered volume into the MRI contract's scale
 (the plans' MRI normaliser fitted in the brain mask: p0.5 -> 0, p99.5 -> 1), as the source images were
 normalised; prediction and the trainer's final validation call it after the sliding window.
 :func:`write_qmaps` writes the effective PD (relative to CSF = 1), T1, T2 and T2* (ms) maps of a case
@@ -23,6 +23,7 @@ from unisyn_v2.dataset.image_io import Geometry, write_image
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import write_json_atomic
 from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.models.rendering import rendering_network
 from unisyn_v2.networks.qmri_head import MAP_NAMES, REFERENCE_FIELD_T, QMRINetwork, has_signal_model
 from unisyn_v2.preprocessing.case_preprocessor import normalizer_for, preprocess_case
 from unisyn_v2.preprocessing.cropping import bbox_from_list, uncrop
@@ -33,27 +34,11 @@ logger = logging.getLogger(__name__)
 MAP_UNITS = {"PD": "relative to CSF (effective)", "T1": "ms", "T2": "ms", "T2star": "ms"}
 
 
-def rendering_network(network: nn.Module) -> QMRINetwork | None:
-    """The qMRI network inside ``network`` (a SlicesAsChannels wrapper or the network itself), else None."""
-    inner = getattr(network, "network", network)
-    return inner if getattr(inner, "renders_mri_signal", False) else None
-
-
-def finish_rendered_volume(network: nn.Module, volume: np.ndarray, mask: np.ndarray | None, target: ImageDescription,
-                           plans: Plans) -> np.ndarray:
-    """``volume`` in the MRI contract's scale when ``network`` rendered it (an MR target), else unchanged."""
-    if rendering_network(network) is None or not has_signal_model(target):
-        return volume
-    normalizer = normalizer_for(plans, target.modality)
-    region = mask if mask is not None and np.any(mask) else None
-    return normalizer.forward(volume, normalizer.fit(volume, region)).astype(np.float32)
-
-
 def predict_qmaps(network: nn.Module, conditioner: Any, data: np.ndarray, source: ImageDescription,
                   target: ImageDescription, patch_size: tuple[int, ...], is_slab: bool, device: torch.device,
                   tile_batch_size: int = 4, step_size: float = 0.5) -> np.ndarray:
     """(4, Z, Y, X) PD, T1, T2, T2* of a preprocessed (1, Z, Y, X) source, by the sliding window."""
-    from unisyn_v2.inference.sliding_window import sliding_window_predict
+    from unisyn_v2.models.sliding_window import sliding_window_predict
 
     qmri = rendering_network(network)
     if qmri is None:

@@ -37,3 +37,8 @@ class SlicesAsChannels(nn.Module):
             raise ValueError(f"network output channels {synthesis.shape[1]} are not a multiple of k={k} slices")
         synthesis = synthesis.reshape(batch, synthesis.shape[1] // k, k, *synthesis.shape[2:])
         return SynthesisOutput(synthesis=synthesis, anatomy=out.anatomy)
+
+
+def volume_network(network: nn.Module, is_slab: bool) -> nn.Module:
+    """The network as the sliding window calls it: (B, 1, *patch) in and out."""
+    return SlicesAsChannels(network) if is_slab else network

@@ -16,7 +16,7 @@ from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.paths import preprocessed_dir, results_dir
 from unisyn_v2.training.distributed import distributed_session, launch, local_device
-from unisyn_v2.training.registry import resolve_command_line_trainer
+from unisyn_v2.models.registry import resolve_command_line_trainer
 from unisyn_v2.training.settings import TrainerSettings
 from unisyn_v2.training.trainer_base import TrainerBase
 
@@ -64,7 +64,7 @@ def build_trainer(dataset: str | int, trainer: str, fold: int | str | None = Non
     """Create (without running) the trainer for a dataset: results/<Dataset>/<Trainer>__<plans>__<config>.
 
     ``trainer`` comes from the caller (command line or code, never a file), so a ``package.module:Class``
-    is imported (:func:`~unisyn_v2.training.registry.resolve_command_line_trainer`).
+    is imported (:func:`~unisyn_v2.models.registry.resolve_command_line_trainer`).
     """
     dataset_name = resolve_dataset_name(dataset)
     preprocessed = preprocessed_dir() / dataset_name

@@ -27,7 +27,7 @@ from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.metadata.typical import typical_protocol
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.factory import build_synthesis_network
-from unisyn_v2.networks.slice_adapter import SlicesAsChannels
+from unisyn_v2.networks.slice_adapter import volume_network  # noqa: F401  (also the tests' import path)
 from unisyn_v2.networks.text_artifact import (
     ARTIFACT_FOLDER_NAME, copy_text_encoder_artifact, load_text_encoder_artifact, neuroclip_model_folder,
     read_text_encoder_config,
@@ -42,11 +42,6 @@ from unisyn_v2.training.settings import TrainerSettings, task_key
 from unisyn_v2.training.trainer_base import TrainerBase
 
 logger = logging.getLogger(__name__)
-
-
-def volume_network(network: nn.Module, is_slab: bool) -> nn.Module:
-    """The network as the sliding window calls it: (B, 1, *patch) in and out."""
-    return SlicesAsChannels(network) if is_slab else network
 
 
 class SynthesisTrainer(TrainerBase):

@@ -50,7 +50,7 @@ from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import copy_file_atomic, remove_stale_temp_files, write_json_atomic
 from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkpoint, seed_everything
 from unisyn_v2.training.distributed import DistributedContext
-from unisyn_v2.training.registry import short_name_of
+from unisyn_v2.models.registry import short_name_of
 from unisyn_v2.training.progress import ProgressLogger, attach_file_log, detach_file_log, format_epoch_line
 from unisyn_v2.training.schedule import StepDecayScheduler
 from unisyn_v2.training.settings import TrainerSettings, cpu_threads_for_training

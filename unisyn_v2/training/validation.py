@@ -29,11 +29,12 @@ import torch
 from unisyn_v2.evaluation.figures import save_comparison_figure
 from unisyn_v2.evaluation.metrics import bone_metrics
 from unisyn_v2.evaluation.protocols import evaluate_pair
-from unisyn_v2.inference.qmaps import finish_rendered_volume, rendering_network
-from unisyn_v2.inference.sliding_window import sliding_window_predict
+from unisyn_v2.models.rendering import finish_rendered_volume, rendering_network
+from unisyn_v2.models.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import write_json_atomic
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.networks.slice_adapter import volume_network
 from unisyn_v2.preprocessing.case_preprocessor import normalizer_for
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
 from unisyn_v2.preprocessing.normalization import NormalizationParameters
@@ -157,8 +158,6 @@ def _allowed(trainer: "SynthesisTrainer", source: ImageDescription, target: Imag
 
 def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
     """Validate ``trainer``'s current network on its fold's validation cases; write and return the summary."""
-    from unisyn_v2.training.synthesis_trainer import volume_network
-
     started = time.perf_counter()
     out_dir = trainer.fold_folder / "validation"
     network = volume_network(trainer.network, trainer.is_slab).eval()

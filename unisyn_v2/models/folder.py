@@ -7,7 +7,7 @@ synthesis trainers). :func:`load_trained_model` rebuilds the network with the tr
 ``build_network_from_plans`` (the same function training used) and loads the weights.
 
 A model folder is data, never code: trainer.json may only name a registered trainer
-(:func:`unisyn_v2.training.registry.resolve_trainer_class`), and :func:`validate_trainer_info` and
+(:func:`unisyn_v2.models.registry.resolve_trainer_class`), and :func:`validate_trainer_info` and
 :func:`validate_model_file` check what ``unisyn_install_model`` installs against the layout below.
 """
 
@@ -28,8 +28,9 @@ from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.qmri_head import PhysicsTextConditioner
 from unisyn_v2.networks.text_artifact import load_text_encoder_artifact
-from unisyn_v2.training.checkpointing import load_checkpoint, load_network_weights
-from unisyn_v2.training.registry import registered_trainer_path, resolve_trainer_class
+from unisyn_v2.models.registry import registered_trainer_path, resolve_trainer_class
+from unisyn_v2.models.weights import load_checkpoint, load_network_weights
+from unisyn_v2.networks.slice_adapter import volume_network
 
 _FOLD = r"fold_(?:\d+|all)"
 _ARTIFACT = r"text_encoder/(?:config\.json|tokenizer\.json|weights\.pt)"
@@ -212,8 +213,6 @@ def load_trained_model(model_folder: Path, fold: int | str = 0, checkpoint_name:
     target_text).synthesis`` is (B, 1, *patch_size) (2.5D networks come wrapped in SlicesAsChannels);
     ``conditioner.embed(descriptions)`` gives the text arguments (None for the U-Net baseline).
     """
-    from unisyn_v2.training.synthesis_trainer import volume_network
-
     model_folder = Path(model_folder)
     trainer_info = read_trainer_info(model_folder)
     plans = Plans.load(model_folder / "plans.json")

@@ -62,11 +62,16 @@ def _import(dotted: str, name: str) -> type:
     return cls  # type: ignore[no-any-return]
 
 
-def _check_trainer(cls: Any, name: str) -> type:
-    from unisyn_v2.training.trainer_base import TrainerBase
+TRAINER_INTERFACE = ("run", "initialize", "trainer_info", "model_folder_name")
 
-    if not (isinstance(cls, type) and issubclass(cls, TrainerBase)):
-        raise UnknownTrainerError(f"trainer {name!r} resolves to {cls!r}, which is not a TrainerBase subclass")
+
+def _check_trainer(cls: Any, name: str) -> type:
+    """A class with the trainer interface (checked by its methods: this layer sits below the training package,
+    which it resolves by name only, through importlib)."""
+    missing = [m for m in TRAINER_INTERFACE if not callable(getattr(cls, m, None))] if isinstance(cls, type) else ["a class"]
+    if missing:
+        raise UnknownTrainerError(f"trainer {name!r} resolves to {cls!r}, which is not a trainer (lacks {', '.join(missing)}; "
+                                  "subclass unisyn_v2.training.trainer_base.TrainerBase)")
     return cls
 
 
