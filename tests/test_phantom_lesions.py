@@ -1,5 +1,6 @@
 """Pathology in the phantom (issue 17, item 4): the spec and its validation, lesion physics, label maps
-beside the cases (in phantom.json, not dataset.json), and cases without pathology left as they were."""
+beside the cases (each case's ``lesion_mask`` in dataset.json, its pathology in phantom.json), and cases without
+pathology left as they were."""
 
 from __future__ import annotations
 
@@ -133,6 +134,7 @@ def test_dataset_with_lesions(tmp_path: Path) -> None:
         entry = record["cases"][cid]
         assert entry["lesions"] == f"{cid}/{cid}_lesions.nii.gz"
         assert all("lesions" not in image["file"] for image in case["images"])  # not an image of the case
+        assert case["lesion_mask"] == entry["lesions"]  # what training oversamples
         labels, _ = read_image(root / entry["lesions"])
         assert labels.shape == (32, 32, 32) and set(np.unique(labels)) <= set(LESION_LABELS)
         if cid in sick:
@@ -141,6 +143,7 @@ def test_dataset_with_lesions(tmp_path: Path) -> None:
             assert not set(np.unique(labels).astype(int)) - {0, 2}  # age-related WMH at most
             for image in case["images"]:
                 assert (root / image["file"]).read_bytes() == (plain / image["file"]).read_bytes()
+    assert all("lesion_mask" not in case for case in json.loads((plain / "dataset.json").read_text())["cases"])
     # rendering rebuilds a case with pathology exactly
     cid = sick[0]
     image = next(i for i in next(c for c in dataset["cases"] if c["id"] == cid)["images"] if i["modality"] == "FLAIR")

@@ -114,6 +114,12 @@ class TrainingPlan:
     # head for CT (the skull is what MR -> CT users need: attenuation correction, dose planning, SynthRAD),
     # the brain for MRI (its normalisation depends on brain percentiles, the scalp is partly unpredictable).
     loss_region: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LOSS_REGION))
+    # Abnormal tissue fills a few % of the brain, so a uniformly placed patch rarely holds it: this fraction of
+    # training patches is centred on a lesion voxel of a case with a lesion mask (nnU-Net's
+    # oversample_foreground_percent); it acts only where dataset.json names lesion masks, 0 turns it off.
+    lesion_oversample: float = 0.33
+    # Synthesis-loss weight of lesion voxels relative to the rest of the loss region (1: no extra weight).
+    lesion_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -327,6 +333,8 @@ def _check_values(plans: Plans, source: str) -> None:
         if region not in LOSS_REGIONS:
             fail(f"training.loss_region.{family}", f"{region!r} is not one of {', '.join(LOSS_REGIONS)}")
     at_least("training.foreground_fraction_min", training.foreground_fraction_min, 0, 1)
+    at_least("training.lesion_oversample", training.lesion_oversample, 0, 1)
+    at_least("training.lesion_weight", training.lesion_weight, 0, 1000)
 
 
 def _check_finite(value: Any, where: str, fail: Any) -> None:

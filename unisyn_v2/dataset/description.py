@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 DATASET_JSON = "dataset.json"
 _TOP_KEYS = {"name", "description", "reference", "licence", "license", "cases", "release"}
-_CASE_KEYS = {"id", "subject", "images", "brain_mask"}
+_CASE_KEYS = {"id", "subject", "images", "brain_mask", "lesion_mask"}
 _IMAGE_KEYS = {"file", "modality", "metadata"}
 #: Case ids become file names (<id>.npy, <id>_mask.npy, <id>_<target>.nii.gz): keep them well inside 255 bytes.
 MAX_CASE_ID_BYTES = 200
@@ -74,6 +74,9 @@ class CaseEntry:
     images: tuple[ImageEntry, ...]
     subject: SubjectMetadata = field(default_factory=SubjectMetadata)
     brain_mask: str | None = None
+    #: optional lesion label map (0 = none, any positive integer a lesion class) on the images' grid: patches are
+    #: oversampled and the loss may be weighted there (plans ``training.lesion_oversample`` / ``lesion_weight``)
+    lesion_mask: str | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -174,7 +177,7 @@ def _case_id_problem(case_id: Any) -> str | None:
 
 def _colliding_ids(ids: list[str]) -> list[Problem]:
     """Ids whose files would overwrite each other: equal but for letter case (case-insensitive file systems), or
-    '<id>_mask' or '<id>_head', the names of case <id>'s preprocessed brain and head masks."""
+    '<id>_mask', '<id>_head' or '<id>_lesion', the names of case <id>'s preprocessed brain, head and lesion masks."""
     problems: list[Problem] = []
     folded: dict[str, str] = {}
     for case_id in ids:
@@ -184,7 +187,7 @@ def _colliding_ids(ids: list[str]) -> list[Problem]:
                                     "on case-insensitive file systems (macOS, Windows): rename one", case=case_id, field="id"))
     known = set(ids)
     for case_id in ids:
-        for suffix, what in (("_mask", "brain mask"), ("_head", "head mask")):
+        for suffix, what in (("_mask", "brain mask"), ("_head", "head mask"), ("_lesion", "lesion mask")):
             if case_id.endswith(suffix) and case_id[: -len(suffix)] in known:
                 problems.append(Problem(f"case id {case_id!r} collides with the preprocessed {what} of case "
                                         f"{case_id[: -len(suffix)]!r} ({case_id}.npy); rename it", case=case_id, field="id"))
@@ -213,6 +216,12 @@ def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], warni
     brain_mask = raw.get("brain_mask")
     if brain_mask is not None and not _check_relative(root, brain_mask, case_id, "brain_mask", problems):
         brain_mask = None
+    lesion_mask = raw.get("lesion_mask")
+    if lesion_mask is not None and not isinstance(lesion_mask, str):
+        problems.append(Problem(f"'lesion_mask' must be a file path (got {lesion_mask!r})", case=case_id, field="lesion_mask"))
+        lesion_mask = None
+    if lesion_mask is not None and not _check_relative(root, lesion_mask, case_id, "lesion_mask", problems):
+        lesion_mask = None
     images: list[ImageEntry] = []
     raw_images = raw.get("images")
     if not isinstance(raw_images, list):
@@ -223,7 +232,7 @@ def _parse_case(root: Path, raw: Any, index: int, problems: list[Problem], warni
         if image is not None:
             images.append(image)
     problems.extend(_repeated_prompts(images, subject, case_id))
-    return CaseEntry(case_id, tuple(images), subject, brain_mask)
+    return CaseEntry(case_id, tuple(images), subject, brain_mask, lesion_mask)
 
 
 def _repeated_prompts(images: list[ImageEntry], subject: SubjectMetadata, case_id: str) -> list[Problem]:

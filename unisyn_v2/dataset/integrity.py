@@ -31,6 +31,22 @@ MAX_PLAUSIBLE_MAGNITUDE = 1e10
 MRI_PERCENTILES = (0.5, 99.5)
 #: Sidecar conflicts logged one by one before the rest are only counted.
 MAX_WARNINGS_SHOWN = 20
+#: Lesion label maps are stored as uint8 after preprocessing (<case>_lesion.npy).
+MAX_LESION_LABEL = 255
+
+
+def lesion_label_problem(array: np.ndarray) -> str | None:
+    """Why ``array`` cannot be a lesion label map (0 = no lesion, positive integers = lesion classes), or None."""
+    array = np.asarray(array)
+    if not np.all(np.isfinite(array)):
+        return "holds NaN or infinite voxels"
+    values = np.unique(array)
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        return f"must hold integer labels (0 = no lesion), found {float(fractional[0]):g}"
+    if values.size and (values[0] < 0 or values[-1] > MAX_LESION_LABEL):
+        return f"labels must lie in 0..{MAX_LESION_LABEL} (0 = no lesion), found {float(values[0]):g}..{float(values[-1]):g}"
+    return None
 
 
 def verify_dataset_integrity(root: Path) -> list[Problem]:
@@ -96,8 +112,29 @@ def _check_case(description: DatasetDescription, case: CaseEntry, image_owner: d
             geometries.append((image.file, geometry))
     if case.brain_mask and mask_geometry is not None:
         geometries.append((case.brain_mask, mask_geometry))
+    if case.lesion_mask:
+        lesion_geometry, lesion_problems = _lesion_mask_checked(description, case)
+        problems.extend(lesion_problems)
+        if lesion_geometry is not None:
+            geometries.append((case.lesion_mask, lesion_geometry))
     problems.extend(_geometry_problems(geometries, case_id))
     return problems
+
+
+def _lesion_mask_checked(description: DatasetDescription, case: CaseEntry) -> tuple[Geometry | None, list[Problem]]:
+    """(geometry, problems) of a case's lesion label map; unlike an image it may be all zeros (a healthy case)."""
+    file = str(case.lesion_mask)
+    path = description.path_of(file)
+    if not path.is_file():
+        return None, [Problem("lesion mask does not exist; fix the path (relative to the dataset folder) or add the file",
+                              case=case.case_id, file=file, field="lesion_mask")]
+    try:
+        array, geometry = read_image(path)
+    except ImageReadError as error:
+        return None, [Problem(str(error).split(": ", 1)[-1], case=case.case_id, file=file, field="lesion_mask")]
+    reason = lesion_label_problem(array)
+    return geometry, [] if reason is None else [Problem(f"lesion mask {reason}", case=case.case_id, file=file,
+                                                        field="lesion_mask")]
 
 
 def _read_checked(path: Path, case_id: str, file: str) -> tuple[np.ndarray | None, Geometry | None, list[Problem]]:
@@ -188,6 +225,8 @@ def _duplicated_files(description: DatasetDescription, case: CaseEntry, image_ow
     entries = [(image.file, image.modality) for image in case.images]
     if case.brain_mask:
         entries.append((case.brain_mask, "brain mask"))
+    if case.lesion_mask:
+        entries.append((case.lesion_mask, "lesion mask"))
     problems: list[Problem] = []
     seen: dict[Path, tuple[str, str]] = {}
     by_size: dict[int, list[tuple[Path, str, str]]] = {}
@@ -202,7 +241,7 @@ def _duplicated_files(description: DatasetDescription, case: CaseEntry, image_ow
             continue
         seen[path] = (file, role)
         by_size.setdefault(path.stat().st_size, []).append((path, file, role))
-        if role != "brain mask":
+        if role not in ("brain mask", "lesion mask"):  # masks may be shared (one empty lesion map for all)
             owner = image_owner.setdefault(path, case.case_id)
             if owner != case.case_id:
                 problems.append(Problem(f"is also an image of case {owner}; every case needs its own images",

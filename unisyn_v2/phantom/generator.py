@@ -7,7 +7,8 @@ With ``protocols_per_modality`` N > 1 each MR modality is imaged N times in the 
 r >= 2 from its own stream keyed by r as well, so repetition 1 is the image a dataset with N = 1 has
 and repetition r is the same for every N >= r. With ``lesions`` a fraction of the cases get pathology
 from a lesion stream of their own (:mod:`.pathology`); the other cases are the heads and images a
-lesion-free phantom has, and every case gets a lesion label map named in phantom.json.
+lesion-free phantom has, and every case gets a lesion label map, named in dataset.json as the case's
+``lesion_mask`` (training oversamples patches there) and in phantom.json with the case's pathology.
 """
 
 from __future__ import annotations
@@ -343,8 +344,11 @@ def _write_case(context: _Context, case_index: int) -> tuple[dict[str, Any], dic
             relative = f"{case_id}/{image_file_name(case_id, name, repetition)}"
             write_nifti(image, anatomy.geometry, context.output_dir / relative)
             images.append({"file": relative, "modality": name, "metadata": metadata.to_dict()})
-    return {"id": case_id, "subject": anatomy.subject.metadata().to_dict(),
-            "brain_mask": f"{case_id}/{case_id}_brainmask.nii.gz", "images": images}, record
+    entry = {"id": case_id, "subject": anatomy.subject.metadata().to_dict(),
+             "brain_mask": f"{case_id}/{case_id}_brainmask.nii.gz", "images": images}
+    if record is not None:
+        entry["lesion_mask"] = record["lesions"]
+    return entry, record
 
 
 def _validated_modalities(modalities: Sequence[str] | None) -> tuple[str, ...]:
@@ -380,8 +384,9 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
     the same head at several TE/TR/TI/flip angles instead of each protocol confounded with its subject;
     N = 1 writes exactly what it always did. ``lesions`` (``"infarct,wmh,tumour"``, ``"all"`` or a list)
     gives a fraction ``lesion_fraction`` of the cases pathology and every case a label map
-    ``<case>/<case>_lesions.nii.gz`` (:data:`.pathology.LESION_LABELS`), listed under ``cases`` in
-    phantom.json, not in dataset.json; without lesions every byte is what it was before they existed.
+    ``<case>/<case>_lesions.nii.gz`` (:data:`.pathology.LESION_LABELS`), the case's ``lesion_mask`` in
+    dataset.json and listed under ``cases`` in phantom.json; without lesions every byte is what it was before
+    they existed.
     ``sinuses=False`` draws the heads without air sinuses, as datasets made before them. ``phantom.json`` records the settings that
     rebuild any case (:func:`unisyn_v2.phantom.render_subject`). An existing non-empty ``output_dir`` is
     refused unless ``overwrite``; overwriting replaces only the files this function writes and deletes nothing.
@@ -409,7 +414,7 @@ def generate_phantom_dataset(output_dir: Path, num_cases: int, seed: int, shape:
                    f"protocol ranges {spec.protocol_ranges}"
                    + (f", {spec.protocols_per_modality} protocols per MR modality" if spec.protocols_per_modality > 1 else "")
                    + (f", pathology ({', '.join(spec.lesions)}) in {spec.lesion_fraction:.0%} of cases, lesion label maps "
-                      f"listed in {SPEC_FILE}" if spec.lesions else "")
+                      f"as lesion_mask (classes in {SPEC_FILE})" if spec.lesions else "")
                    + (", skull-stripped." if skull_strip else "."))
     dataset = {"name": name, "description": description, "reference": "unisyn_v2.phantom", "licence": "CC0-1.0",
                "cases": cases}

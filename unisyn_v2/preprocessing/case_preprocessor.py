@@ -55,6 +55,7 @@ class PreprocessedArrays(NamedTuple):
     mask: np.ndarray  # uint8 (Z, Y, X) brain mask
     properties: dict[str, Any]
     head: np.ndarray  # uint8 (Z, Y, X) head foreground (hole-filled): the loss and scoring region of CT
+    lesion: np.ndarray | None = None  # uint8 (Z, Y, X) lesion labels, when a lesion mask was given
 
 
 def preprocess_case(
@@ -65,8 +66,10 @@ def preprocess_case(
     brain_mask: np.ndarray | None = None,
     case_id: str = "case",
     files: Sequence[str] | None = None,
+    lesion_mask: np.ndarray | None = None,
 ) -> PreprocessedArrays:
-    """Crop, normalise and resample one case (see :class:`PreprocessedArrays`)."""
+    """Crop, normalise and resample one case (see :class:`PreprocessedArrays`); ``lesion_mask`` (integer labels
+    0..255 on the images' grid, 0 = no lesion) is cropped and resampled like the brain mask, labels kept."""
     modalities = [d.modality for d in descriptions]
     head = case_foreground(images, modalities)
     mask = brain_mask.astype(bool) if brain_mask is not None else head
@@ -105,6 +108,12 @@ def preprocess_case(
     data = resample_image(stacked, spacing, new_shape=new_shape, order=order, anisotropy_threshold=threshold)
     resampled_mask = resample_mask(cropped_mask.astype(np.uint8), new_shape)
     resampled_head = resample_mask(cropped_head.astype(np.uint8), new_shape)
+    resampled_lesion = None
+    if lesion_mask is not None:
+        if tuple(lesion_mask.shape) != tuple(mask.shape):
+            raise ValueError(f"case {case_id}: lesion mask shape {tuple(lesion_mask.shape)} differs from the images' "
+                             f"{tuple(mask.shape)}")
+        resampled_lesion = resample_mask(crop_to_bbox(np.asarray(lesion_mask), bbox).astype(np.int64), new_shape)
     properties = {
         "case_id": case_id,
         "subject": descriptions[0].subject.to_dict() if descriptions else {},
@@ -116,7 +125,10 @@ def preprocess_case(
         "shape_after_resampling_zyx": list(data.shape[1:]),
         "target_spacing_zyx": list(target),
     }
-    return PreprocessedArrays(data.astype(np.float32, copy=False), resampled_mask, properties, resampled_head)
+    if resampled_lesion is not None:  # lets the sampler tell lesion cases without opening their arrays
+        properties["lesion_voxels"] = int(np.count_nonzero(resampled_lesion))
+    return PreprocessedArrays(data.astype(np.float32, copy=False), resampled_mask, properties, resampled_head,
+                              resampled_lesion)
 
 
 def target_normalization(plans: Plans, modality: str) -> tuple[IntensityNormalizer, NormalizationParameters]:

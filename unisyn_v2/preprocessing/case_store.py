@@ -1,5 +1,6 @@
 """Preprocessed cases on disk: ``<case>.npy`` (C, Z, Y, X), ``<case>_mask.npy`` (brain),
-``<case>_head.npy`` (head foreground, hole-filled) and ``<case>.json``.
+``<case>_head.npy`` (head foreground, hole-filled), ``<case>_lesion.npy`` (lesion labels, only for a case
+whose dataset.json entry names a ``lesion_mask``) and ``<case>.json``.
 
 Plain ``.npy`` files are memory-mapped by the training loader, so a patch read touches only the pages
 it needs. The properties JSON is written last, atomically: a case counts as done only when its
@@ -27,6 +28,7 @@ class PreprocessedCase:
     mask: np.ndarray  # uint8 (Z, Y, X) brain mask
     properties: dict[str, Any]
     head: np.ndarray | None = None  # uint8 (Z, Y, X) head mask; None for cases preprocessed before it existed
+    lesion: np.ndarray | None = None  # uint8 (Z, Y, X) lesion labels (0 none); None: the case has no lesion mask
 
     @property
     def modalities(self) -> list[str]:
@@ -72,6 +74,11 @@ def save_preprocessed_case(folder: Path, case: PreprocessedCase) -> None:
     _save_npy_atomic(folder / f"{case.case_id}_mask.npy", np.ascontiguousarray(case.mask, dtype=np.uint8))
     if case.head is not None:
         _save_npy_atomic(folder / f"{case.case_id}_head.npy", np.ascontiguousarray(case.head, dtype=np.uint8))
+    lesion_path = folder / f"{case.case_id}_lesion.npy"
+    if case.lesion is not None:
+        _save_npy_atomic(lesion_path, np.ascontiguousarray(case.lesion, dtype=np.uint8))
+    else:  # the lesion mask left dataset.json: a stale map must not steer sampling any more
+        lesion_path.unlink(missing_ok=True)
     write_json_atomic(folder / f"{case.case_id}.json", case.properties)
 
 
@@ -84,7 +91,9 @@ def load_preprocessed_case(folder: Path, case_id: str, mmap: bool = True) -> Pre
     mask = np.load(folder / f"{case_id}_mask.npy", mmap_mode=mode)
     head_path = folder / f"{case_id}_head.npy"
     head = np.load(head_path, mmap_mode=mode) if head_path.is_file() else None
-    return PreprocessedCase(case_id, data, mask, properties, head)
+    lesion_path = folder / f"{case_id}_lesion.npy"
+    lesion = np.load(lesion_path, mmap_mode=mode) if lesion_path.is_file() else None
+    return PreprocessedCase(case_id, data, mask, properties, head, lesion)
 
 
 def preprocessed_case_ids(folder: Path) -> list[str]:

@@ -12,7 +12,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from unisyn_v2.dataset.description import DatasetDescription, load_dataset_description
+from unisyn_v2.dataset.integrity import lesion_label_problem
 from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import read_json, remove_stale_temp_files
@@ -36,7 +39,8 @@ def case_signature(description: DatasetDescription, case_id: str, plans: Plans) 
     """Hash of the case's raw files (size, mtime), its description, and the plan's preprocessing decisions."""
     case = description.case(case_id)
     digest = hashlib.sha256()
-    for file in [image.file for image in case.images] + ([case.brain_mask] if case.brain_mask else []):
+    masks = [m for m in (case.brain_mask, case.lesion_mask) if m]
+    for file in [image.file for image in case.images] + masks:
         stat = description.path_of(file).stat()
         digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(repr(case).encode())
@@ -49,9 +53,10 @@ def case_signature(description: DatasetDescription, case_id: str, plans: Plans) 
     return digest.hexdigest()[:16]
 
 
-def _is_up_to_date(folder: Path, case_id: str, signature: str) -> bool:
+def _is_up_to_date(folder: Path, case_id: str, signature: str, has_lesion: bool = False) -> bool:
     properties = folder / f"{case_id}.json"
     arrays = (f"{case_id}.npy", f"{case_id}_mask.npy", f"{case_id}_head.npy")  # no head mask: from an older version
+    arrays += (f"{case_id}_lesion.npy",) if has_lesion else ()
     if not (properties.is_file() and all((folder / name).is_file() for name in arrays)):
         return False
     try:
@@ -64,21 +69,36 @@ def _preprocess_one(job: PreprocessingJob, case_id: str) -> str:
     description = job.description
     case = description.case(case_id)
     signature = case_signature(description, case_id, job.plans)
-    if _is_up_to_date(job.output_folder, case_id, signature):
+    if _is_up_to_date(job.output_folder, case_id, signature, case.lesion_mask is not None):
         return "skipped"
     images, geometry = [], None
     for image in case.images:
         array, geometry = read_image(description.path_of(image.file))
         images.append(array)
     mask = read_image(description.path_of(case.brain_mask))[0] > 0.5 if case.brain_mask else None
+    lesion = _read_lesion_mask(description, case_id, images[0].shape) if case.lesion_mask else None
     arrays = preprocess_case(
         images, [case.describe(image) for image in case.images], geometry, job.plans, mask, case_id,
-        files=[image.file for image in case.images],
+        files=[image.file for image in case.images], lesion_mask=lesion,
     )
     arrays.properties["signature"] = signature
-    save_preprocessed_case(job.output_folder,
-                           PreprocessedCase(case_id, arrays.data, arrays.mask, arrays.properties, arrays.head))
+    save_preprocessed_case(job.output_folder, PreprocessedCase(case_id, arrays.data, arrays.mask, arrays.properties,
+                                                               arrays.head, arrays.lesion))
     return "written"
+
+
+def _read_lesion_mask(description: DatasetDescription, case_id: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The case's lesion label map; an unusable one is a one-line error naming the file, case and field."""
+    file = str(description.case(case_id).lesion_mask)
+    where = f"{description.root / 'dataset.json'}: case {case_id}, file {file}, field lesion_mask"
+    array = read_image(description.path_of(file))[0]
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{where}: shape {tuple(array.shape)} differs from the case's images {tuple(shape)} "
+                         "(resample it onto their grid)")
+    reason = lesion_label_problem(array)
+    if reason is not None:
+        raise ValueError(f"{where}: {reason}")
+    return array.astype(np.uint8)
 
 
 def preprocess_dataset(raw_root: Path, plans: Plans, preprocessed_root: Path, num_processes: int = 2, progress: bool = True) -> Path:

@@ -114,7 +114,8 @@ class SynthesisTrainer(TrainerBase):
                               case_prompts=cases.case_prompts())
         self.trained_tasks = [task_key(s, t) for s, t in sampler.tasks()]
         builder = BatchBuilder(cases, sampler, self.patch_size, self.batch_size, self.is_slab, self.settings.seed,
-                               "train", self.augmentation_params(), fraction, items=items)
+                               "train", self.augmentation_params(), fraction, items=items,
+                               lesion_oversample=self.plans.training.lesion_oversample)
         train = PatchLoader(builder, self.settings.resolved_num_workers)
         val = None
         try:
@@ -218,6 +219,11 @@ class SynthesisTrainer(TrainerBase):
         out["mask"], out["head"] = self.to_net(mask), self.to_net(head)
         out["weight"] = self.region_weight(out["mask"], out["head"], batch["target_descriptions"])
         out["source_weight"] = self.region_weight(out["mask"], out["head"], batch["source_descriptions"])
+        lesion_weight = self.plans.training.lesion_weight
+        if "lesion" in batch and lesion_weight != 1.0:  # plans training.lesion_weight: lesion voxels count more (or less)
+            lesion = self.to_net(torch.from_numpy(batch["lesion"]).to(self.device)).float()
+            scale = 1.0 + (lesion_weight - 1.0) * lesion
+            out["weight"], out["source_weight"] = out["weight"] * scale, out["source_weight"] * scale
         embed = self.conditioner.embed if self.conditioner is not None else (lambda _d: None)
         out["source_text"] = embed(batch["source_descriptions"])
         out["target_text"] = embed(batch["target_descriptions"])

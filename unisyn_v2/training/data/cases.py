@@ -52,6 +52,8 @@ class CaseCollection:
         if not case_ids:
             raise ValueError(f"no cases given for {self.folder}")
         self.cases: dict[str, CaseInfo] = {}
+        #: cases whose lesion mask (dataset.json ``lesion_mask``) has lesion voxels, in the given order
+        self.lesion_case_ids: list[str] = []
         for case_id in case_ids:
             path = self.folder / f"{case_id}.json"
             if not path.is_file():
@@ -62,8 +64,12 @@ class CaseCollection:
             self.cases[case_id] = CaseInfo(
                 case_id, tuple(c["modality"] for c in channels),
                 tuple(description_from_channel(c, properties.get("subject") or {}) for c in channels))
+            if int(properties.get("lesion_voxels") or 0) > 0:
+                self.lesion_case_ids.append(case_id)
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._foreground: dict[str, np.ndarray] = {}
+        self._lesions: dict[str, np.ndarray | None] = {}
+        self._lesion_points: dict[str, np.ndarray] = {}
 
     @property
     def case_ids(self) -> list[str]:
@@ -100,7 +106,36 @@ class CaseCollection:
             self._foreground[case_id] = points.astype(np.int32)
         return self._foreground[case_id]
 
+    @property
+    def has_lesions(self) -> bool:
+        """Whether any case has lesion voxels (then batches carry a ``lesion`` patch)."""
+        return bool(self.lesion_case_ids)
+
+    def lesion(self, case_id: str) -> np.ndarray | None:
+        """The case's lesions (Z, Y, X) as uint8 0/1 (any label > 0), in memory and cached per process (so a patch
+        interpolates a binary map, not label values), or None for a case without lesion voxels."""
+        if case_id not in self._lesions:
+            self._lesions[case_id] = None
+            if case_id in self.lesion_case_ids:
+                labels = load_preprocessed_case(self.folder, case_id, mmap=True).lesion
+                if labels is None:
+                    raise FileNotFoundError(f"{self.folder / (case_id + '_lesion.npy')} is missing although {case_id}.json "
+                                            "counts lesion voxels; run unisyn_plan_and_preprocess again")
+                self._lesions[case_id] = (np.asarray(labels) > 0).astype(np.uint8)
+        return self._lesions[case_id]
+
+    def lesion_points(self, case_id: str) -> np.ndarray:
+        """Up to MAX_FOREGROUND_POINTS lesion voxels (N, 3), a fixed subsample (empty without lesions), cached."""
+        if case_id not in self._lesion_points:
+            lesion = self.lesion(case_id)
+            points = np.zeros((0, 3), np.int64) if lesion is None else np.argwhere(np.asarray(lesion) > 0)
+            if len(points) > MAX_FOREGROUND_POINTS:
+                keep = np.random.default_rng(0).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)
+                points = points[np.sort(keep)]
+            self._lesion_points[case_id] = points.astype(np.int32)
+        return self._lesion_points[case_id]
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_arrays"], state["_foreground"] = {}, {}
+        state["_arrays"], state["_foreground"], state["_lesions"], state["_lesion_points"] = {}, {}, {}, {}
         return state

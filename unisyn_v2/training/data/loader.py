@@ -25,8 +25,8 @@ from unisyn_v2.training.data.augmentation import (
     NO_AUGMENTATION, AugmentationParams, augment_intensity, extract_patch, sample_spatial,
 )
 from unisyn_v2.training.data.cases import CaseCollection
-from unisyn_v2.training.data.pair_sampler import PairSampler
-from unisyn_v2.training.data.patches import choose_patch_start
+from unisyn_v2.training.data.pair_sampler import PairSampler, SampledPair
+from unisyn_v2.training.data.patches import choose_patch_start, lesion_patch_start
 
 STREAMS = {"train": 0, "val": 1}
 
@@ -37,15 +37,19 @@ class BatchBuilder:
     Batch dict: ``source``/``target`` float32 (B, 1, *patch_size) (2.5D: patch (k, H, W)),
     ``source_clean`` (the source before intensity augmentation, the ground truth of the reverse
     direction), ``mask`` (uint8 brain mask, warped with the images), ``head`` (uint8 head mask, likewise),
-    ``case_ids``, ``tasks``
+    ``lesion`` (uint8 lesion mask, likewise; only when some case has a lesion mask with lesions), ``case_ids``, ``tasks``
     (``"T1w->CT"``), ``source_descriptions`` / ``target_descriptions`` (ImageDescription lists), ``index``.
     ``batch_size`` is the global batch; ``items`` ``(start, stop)`` selects this rank's share of it.
+    With ``lesion_oversample`` p > 0 and cases with lesions, each item is, with probability p, a pair of a case with
+    lesions and a patch centred on one of its lesion voxels (nnU-Net's foreground oversampling); without lesion
+    cases (or p = 0) no extra random number is drawn, so batches are exactly those of a build without lesions.
     """
 
     def __init__(self, cases: CaseCollection, sampler: PairSampler, patch_size: tuple[int, int, int],
                  batch_size: int, is_slab: bool, seed: int, stream: str = "train",
                  augmentation: AugmentationParams | None = None, foreground_fraction_min: float = 0.25,
-                 background_keep_probability: float = 0.1, items: tuple[int, int] | None = None) -> None:
+                 background_keep_probability: float = 0.1, items: tuple[int, int] | None = None,
+                 lesion_oversample: float = 0.0) -> None:
         self.cases = cases
         self.sampler = sampler
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -57,12 +61,24 @@ class BatchBuilder:
         self.foreground_fraction_min = foreground_fraction_min
         self.background_keep_probability = background_keep_probability
         self.items = (0, self.batch_size) if items is None else (int(items[0]), int(items[1]))
+        if not 0.0 <= float(lesion_oversample) <= 1.0:
+            raise ValueError(f"lesion_oversample must lie in [0, 1] (got {lesion_oversample!r})")
+        self.lesion_oversample = float(lesion_oversample)
+        self.lesion_case_ids = [c for c in cases.lesion_case_ids if c in sampler.pairs]  # those the task filter keeps
         if not 0 <= self.items[0] < self.items[1] <= self.batch_size:
             raise ValueError(f"items {self.items} is not a non-empty range of a batch of {self.batch_size}")
 
     def rng_for(self, index: int, item: int) -> np.random.Generator:
         """The generator of item ``item`` of batch ``index``."""
         return np.random.default_rng([self.seed, self.stream, int(index), int(item)])
+
+    def lesion_pair(self, rng: np.random.Generator) -> SampledPair:
+        """A pair of a case with lesions: uniform over those cases, then over the case's allowed pairs."""
+        case_id = self.lesion_case_ids[int(rng.integers(len(self.lesion_case_ids)))]
+        pairs = self.sampler.pairs[case_id]
+        source, target = pairs[int(rng.integers(len(pairs)))]
+        mods = self.sampler.modalities[case_id]
+        return SampledPair(case_id, source, target, mods[source], mods[target])
 
     def make_batch(self, index: int) -> dict[str, Any]:
         """Build (this rank's items of) batch ``index`` (deterministic)."""
@@ -73,20 +89,33 @@ class BatchBuilder:
                                  "head": np.empty(shape, np.uint8),
                                  "case_ids": [], "tasks": [], "source_descriptions": [],
                                  "target_descriptions": [], "index": int(index)}
+        carry_lesion = self.cases.has_lesions
+        if carry_lesion:
+            batch["lesion"] = np.empty(shape, np.uint8)
+        oversample = self.lesion_oversample > 0 and bool(self.lesion_case_ids)
         for b, item in enumerate(range(start, stop)):
             rng = self.rng_for(index, item)
-            pair = self.sampler.sample(rng)
+            on_lesion = oversample and rng.random() < self.lesion_oversample
+            pair = self.lesion_pair(rng) if on_lesion else self.sampler.sample(rng)
             data, mask, head = self.cases.arrays(pair.case_id)
-            start = choose_patch_start(mask, self.patch_size, rng, self.foreground_fraction_min,
-                                       self.background_keep_probability,
-                                       foreground_points=self.cases.foreground_points(pair.case_id))
+            start = (lesion_patch_start(self.cases.lesion_points(pair.case_id), mask.shape, self.patch_size, rng)
+                     if on_lesion else None)
+            if start is None:
+                start = choose_patch_start(mask, self.patch_size, rng, self.foreground_fraction_min,
+                                           self.background_keep_probability,
+                                           foreground_points=self.cases.foreground_points(pair.case_id))
             spatial = sample_spatial(rng, self.augmentation, self.is_slab)
-            patch = extract_patch([data[pair.source_channel], data[pair.target_channel], mask, head], start,
-                                  self.patch_size, spatial)
+            volumes = [data[pair.source_channel], data[pair.target_channel], mask, head]
+            if carry_lesion:
+                lesion = self.cases.lesion(pair.case_id)
+                volumes.append(lesion if lesion is not None else np.broadcast_to(np.uint8(0), mask.shape))
+            patch = extract_patch(volumes, start, self.patch_size, spatial)
             batch["source"][b, 0] = augment_intensity(patch[0], rng, self.augmentation, self.is_slab)
             batch["source_clean"][b, 0] = patch[0]
             batch["mask"][b, 0] = patch[2] > 0.5
             batch["head"][b, 0] = patch[3] > 0.5
+            if carry_lesion:
+                batch["lesion"][b, 0] = patch[4] > 0.5
             batch["target"][b, 0] = patch[1]
             info = self.cases.cases[pair.case_id]
             batch["case_ids"].append(pair.case_id)

@@ -3,7 +3,8 @@
 A patch is placed by its integer start corner (z, y, x); when the volume is smaller than the patch
 along an axis the patch is centred on it and zero-padded. A candidate whose brain-mask fraction is
 below ``fraction_min`` is kept only with probability ``keep_probability`` (else redrawn); after
-``max_tries`` rejections the patch is centred on a random brain voxel.
+``max_tries`` rejections the patch is centred on a random brain voxel. :func:`lesion_patch_start` centres a
+patch on a random lesion voxel instead (the plans' ``training.lesion_oversample`` share of patches).
 """
 
 from __future__ import annotations
@@ -72,4 +73,14 @@ def choose_patch_start(mask: np.ndarray, patch_size: Sequence[int], rng: np.rand
     if len(foreground_points) == 0:
         return random_start(shape, patch_size, rng)
     point = foreground_points[int(rng.integers(len(foreground_points)))]
+    return start_around(point, shape, patch_size)
+
+
+def lesion_patch_start(lesion_points: np.ndarray, shape: Sequence[int], patch_size: Sequence[int],
+                       rng: np.random.Generator) -> np.ndarray | None:
+    """A start centring the patch on a random one of ``lesion_points`` (N, 3), or None when there are none:
+    lesions fill a few % of the brain, so uniformly placed patches would rarely teach abnormal tissue."""
+    if len(lesion_points) == 0:
+        return None
+    point = lesion_points[int(rng.integers(len(lesion_points)))]
     return start_around(point, shape, patch_size)
