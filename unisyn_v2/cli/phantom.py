@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bids", type=Path, default=None, metavar="DIR",
                         help="also write the dataset as a BIDS tree in DIR (sidecars in seconds, participants.tsv, masks "
                              "in DIR/derivatives/unisyn_phantom), e.g. to try unisyn_convert_bids on it")
+    parser.add_argument("--thick_slices", type=float, default=None, metavar="MM",
+                        help="also write every image acquired with slices MM thick along z (slice profile, then sampling "
+                             "at the slice centres; unisyn_v2.phantom.slice_profile) to <dataset>/thick_slice/"
+                             "<case>_<modality>.nii.gz with sidecars and brain masks, e.g. to try unisyn_predict "
+                             "--output_spacing on them")
+    parser.add_argument("--slice_profile", choices=("gaussian", "rect"), default="gaussian",
+                        help="--thick_slices profile: gaussian with FWHM = thickness (default) or an ideal boxcar")
+    parser.add_argument("--slice_spacing", type=float, default=None, metavar="MM",
+                        help="--thick_slices centre-to-centre distance (default: the thickness, contiguous slices)")
     return parser
 
 
@@ -89,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
     logger.info("dataset %s ready in %.1f s: %s", args.name, time.perf_counter() - started, output / "dataset.json")
+    if args.thick_slices is not None:
+        from unisyn_v2.phantom.slice_profile import write_thick_slice_dataset
+
+        try:
+            write_thick_slice_dataset(output, args.thick_slices, args.slice_spacing, args.slice_profile)
+        except ValueError as error:
+            logger.error("--thick_slices: %s", error)
+            return 2
     if args.bids is not None:
         from .bids_export import export_bids
 

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--export_qmaps", action="store_true",
                      help="qMRI models (trainer gfm_qmri): also write the effective maps <case>_qmap-PD/-T1/-T2/-T2star.nii.gz "
                           "(T1, T2, T2* in ms, T1 at the target's field strength; PD relative) and <case>_qmaps.json")
+    run.add_argument("--output_spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+                     help="write on a new grid with this voxel size in mm (x y z), the input's origin, direction and "
+                          "extent: a model planned with decoder liif synthesises there directly; any other model's "
+                          "native prediction is resampled with a B-spline (the sidecar's output_grid says which)")
     run.add_argument("--disable_progress_bar", action="store_true")
     add_common_arguments(parser)
     return parser
@@ -87,7 +91,8 @@ def _predict(args: argparse.Namespace) -> int:
     folder = args.model_folder or find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name)
     settings = PredictionSettings(step_size=args.step_size, tile_batch_size=args.tile_batch_size, use_mirroring=args.tta,
                                   accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar,
-                                  background_outside_head=not args.keep_background, export_qmaps=args.export_qmaps)
+                                  background_outside_head=not args.keep_background, export_qmaps=args.export_qmaps,
+                                  output_spacing=tuple(args.output_spacing) if args.output_spacing else None)
     predictor = UniSynPredictor.from_model_folder(folder, args.folds, args.chk, args.device, settings)
     if args.export_qmaps and not all(rendering_network(n) is not None for n in predictor.networks):
         raise ValueError(f"--export_qmaps: {folder} has no quantitative-map head (trainer "

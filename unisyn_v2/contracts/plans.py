@@ -60,6 +60,7 @@ class ConfigurationPlan:
 
 
 NEUROCLIP_IMAGE_ENCODERS = ("cnn", "vit")
+NETWORK_DECODERS = ("conv", "liif")  # network_kwargs.decoder: pointwise on the source grid, or TUMSyn's implicit one
 FEATURE_LOSSES = ("scale_invariant", "paper")  # training.feature_loss (unisyn_v2.training.losses)
 
 
@@ -298,6 +299,12 @@ def _check_values(plans: Plans, source: str) -> None:
         for index, value in enumerate(config.median_shape_zyx):
             at_least(f"{where}.median_shape_zyx[{index}]", value, 1)
         at_least(f"{where}.estimated_memory_gb", config.estimated_memory_gb, 0)
+        decoder = config.network_kwargs.get("decoder", "conv")
+        if decoder not in NETWORK_DECODERS:
+            fail(f"{where}.network_kwargs.decoder", f"{decoder!r} is not one of {', '.join(NETWORK_DECODERS)}")
+        if decoder == "liif" and config.is_slab:
+            fail(f"{where}.network_kwargs.decoder", "'liif' needs a 3D configuration (a 2.5D slab has no z axis "
+                                                    "to query between slices); use it in the 3d configuration")
     for name in ("context_length", "width", "layers", "heads", "embed_dim"):
         at_least(f"text_encoder.{name}", getattr(plans.text_encoder, name), 1, 1_000_000)
     clip = plans.neuroclip

@@ -210,6 +210,13 @@ def export_prediction(prediction: np.ndarray, properties: dict[str, Any], plans:
     array, unit = restore_prediction(prediction, properties, plans, target_modality, head_mask)
     if tuple(array.shape) != tuple(geometry.shape_zyx):
         raise RuntimeError(f"{image_path}: restored shape {array.shape} differs from the source grid {geometry.shape_zyx}")
+    return write_prediction_files(array, unit, geometry, image_path, sidecar)
+
+
+def write_prediction_files(array: np.ndarray, unit: str, geometry: Geometry, image_path: Path,
+                           sidecar: dict[str, Any]) -> tuple[Path, str]:
+    """Write an output-unit image on ``geometry`` and then its sidecar, both staged complete first (see the module
+    docstring); also used for predictions on a new output grid (:mod:`unisyn_v2.inference.output_grid`)."""
     if not np.isfinite(array).all():
         raise RuntimeError(f"{image_path}: the prediction holds non-finite values; the model or its input is broken")
     image_path = Path(image_path)

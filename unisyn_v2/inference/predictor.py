@@ -61,6 +61,7 @@ class PredictionSettings:
     background_outside_head: bool = True  # write air (CT) / zero (MRI, PET) outside the source's head mask
     slab_z_step: int | None = 1  # 2.5D: a slab at every z slice (no seams at slab borders); None: step_size along z too
     export_qmaps: bool = False  # qMRI models (gfm_qmri): also write the effective PD/T1/T2/T2* maps (inference.qmaps)
+    output_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm: write on a new grid (inference.output_grid)
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -323,6 +324,11 @@ class UniSynPredictor:
                            "with brain masks saw brain percentiles and synthesises worse from this (give "
                            "'brain_mask' in dataset.json)", case.case_id, source.modality)
         target_description = self.target_description(target, source)
+        if self.settings.output_spacing is not None:  # a new voxel grid: implicit decoder or B-spline fallback
+            from unisyn_v2.inference.output_grid import predict_case_on_grid
+
+            return predict_case_on_grid(self, case.case_id, chosen, image, geometry, source, target_description, mask,
+                                        Path(output_folder), target.metadata.voxel_size is not None)
         self.check_prompts(case.case_id, source, target_description)
         logger.info("case %s: %s -> %s", case.case_id, chosen.path.name, target.modality)
         prediction, properties = self.predict_image(image, geometry, source, target_description, mask, case.case_id, [str(chosen.path)])
@@ -373,4 +379,3 @@ class UniSynPredictor:
             else:
                 written.append(output_paths(output_folder, case.case_id, target_spec.modality)[0])
         return written
-

@@ -12,6 +12,7 @@ from unisyn_v2.networks.clip_image_encoder import ViTImageEncoder3d, VolumeImage
 from unisyn_v2.networks.cross_attention import CrossAttnSynthesisNetwork
 from unisyn_v2.networks.decoders import PointwiseMLPDecoder
 from unisyn_v2.networks.gfm import GFMNetwork
+from unisyn_v2.networks.liif import DECODERS, LIIFDecoder
 from unisyn_v2.networks.neuroclip import NeuroCLIP
 from unisyn_v2.networks.prompt_affine import PromptAffine
 from unisyn_v2.networks.refinement import RefinementBlock
@@ -24,15 +25,39 @@ logger = logging.getLogger(__name__)
 PAPER_DECODER_HIDDEN = (2048, 1024, 1024)
 
 
+def _build_decoder(decoder: str, feature_dim: int, hidden: Sequence[int], out_channels: int, dims: int,
+                   liif: dict[str, Any]) -> nn.Module:
+    """``conv``: the pointwise decoder on the feature grid; ``liif``: TUMSyn's implicit decoder (3D only)."""
+    if decoder == "conv":
+        return PointwiseMLPDecoder(feature_dim, tuple(hidden), out_channels, dims)
+    if decoder != "liif":
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if dims != 3:
+        raise ValueError("decoder 'liif' needs a 3D configuration (dims 3): a 2.5D slab has no z axis to query "
+                         "between slices; plan the 3d configuration or use decoder 'conv'")
+    return LIIFDecoder(feature_dim, tuple(hidden), out_channels,
+                       **{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in liif.items()})
+
+
+def _liif_options(liif_max_scale: Optional[Sequence[float]], liif_queries: Optional[int], liif_profile: Optional[str],
+                  liif_local_ensemble: Optional[bool]) -> dict[str, Any]:
+    options = {"max_scale": liif_max_scale, "queries": liif_queries, "profile": liif_profile,
+               "local_ensemble": liif_local_ensemble}
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
                feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
                alpha_min: float = 0.05, encoder_dilations: Optional[Sequence[int]] = None,
-               encoder_input_skip: bool = False, refinement_block: bool = False, affine_hidden: int = 0) -> GFMNetwork:
+               encoder_input_skip: bool = False, refinement_block: bool = False, affine_hidden: int = 0,
+               decoder: str = "conv", liif_max_scale: Optional[Sequence[float]] = None, liif_queries: Optional[int] = None,
+               liif_profile: Optional[str] = None, liif_local_ensemble: Optional[bool] = None) -> GFMNetwork:
+    liif = _liif_options(liif_max_scale, liif_queries, liif_profile, liif_local_ensemble)
     return GFMNetwork(
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),
         affine=PromptAffine(text_dim, feature_dim, alpha_min=alpha_min, hidden=affine_hidden),
-        decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims),
+        decoder=_build_decoder(decoder, feature_dim, decoder_hidden, out_channels, dims, liif),
         refinement=RefinementBlock(feature_dim, dims) if refinement_block else None,
     )
 
@@ -41,12 +66,16 @@ def _build_crossattn(*, dims: int, in_channels: int, out_channels: int, encoder_
                      feature_dim: int, text_dim: int, num_heads: int,
                      decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
                      encoder_dilations: Optional[Sequence[int]] = None,
-                     encoder_input_skip: bool = False, refinement_block: bool = True) -> CrossAttnSynthesisNetwork:
+                     encoder_input_skip: bool = False, refinement_block: bool = True,
+                     decoder: str = "conv", liif_max_scale: Optional[Sequence[float]] = None,
+                     liif_queries: Optional[int] = None, liif_profile: Optional[str] = None,
+                     liif_local_ensemble: Optional[bool] = None) -> CrossAttnSynthesisNetwork:
+    liif = _liif_options(liif_max_scale, liif_queries, liif_profile, liif_local_ensemble)
     return CrossAttnSynthesisNetwork(
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),
         text_dim=text_dim, feature_dim=feature_dim, num_heads=num_heads,
-        decoder=PointwiseMLPDecoder(feature_dim, tuple(decoder_hidden), out_channels, dims), dims=dims,
+        decoder=_build_decoder(decoder, feature_dim, decoder_hidden, out_channels, dims, liif), dims=dims,
         refinement_block=refinement_block,
     )
 

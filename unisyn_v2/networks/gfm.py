@@ -37,11 +37,16 @@ class GFMNetwork(nn.Module):
         alpha_s, beta_s = self.affine(source_text)
         return to_anatomy(self.encoder(source), alpha_s, beta_s)
 
-    def decode(self, anatomy: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
-        """Restyle f_0 with the target prompt and decode it to an image."""
+    def decoder_input(self, anatomy: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
+        """f_0 restyled with the target prompt (and refined, if the network has a refinement block): what the
+        decoder reads; an implicit (LIIF) decoder queries it at any point (``networks.liif``)."""
         alpha_t, beta_t = self.affine(target_text)
         restyled = restyle(anatomy, alpha_t, beta_t)
-        return self.decoder(restyled if self.refinement is None else self.refinement(restyled))
+        return restyled if self.refinement is None else self.refinement(restyled)
+
+    def decode(self, anatomy: torch.Tensor, target_text: torch.Tensor) -> torch.Tensor:
+        """Restyle f_0 with the target prompt and decode it to an image (on the anatomy's grid)."""
+        return self.decoder(self.decoder_input(anatomy, target_text))
 
     def forward(self, source: torch.Tensor, source_text: torch.Tensor, target_text: torch.Tensor) -> SynthesisOutput:
         """Synthesise the target from (B, C, *spatial) source and (B, text_dim) source/target embeddings."""

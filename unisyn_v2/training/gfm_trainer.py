@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from unisyn_v2.networks.liif import liif_decoder_of
+from unisyn_v2.training.liif_training import liif_train_step
 from unisyn_v2.training.losses import GFMCyclicLoss
 from unisyn_v2.training.synthesis_trainer import SynthesisTrainer
 
@@ -26,6 +28,10 @@ class GFMTrainer(SynthesisTrainer):
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """Source -> target and target -> source through the shared anatomy features."""
+        decoder = liif_decoder_of(self.network)
+        if decoder is not None:  # an implicit decoder: coarse inputs, random fine points (training.liif_training)
+            return liif_train_step(self, batch, decoder, cyclic=True)
+
         def forward(network: Any, b: dict[str, Any]) -> Any:
             anatomy_source = network.encode_anatomy(b["source"], b["source_text"])
             anatomy_target = network.encode_anatomy(b["target"], b["target_text"])

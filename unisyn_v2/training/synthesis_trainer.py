@@ -27,6 +27,7 @@ from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.metadata.typical import typical_protocol
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.factory import build_synthesis_network
+from unisyn_v2.networks.liif import liif_decoder_of
 from unisyn_v2.networks.slice_adapter import volume_network  # noqa: F401  (also the tests' import path)
 from unisyn_v2.networks.text_artifact import (
     ARTIFACT_FOLDER_NAME, copy_text_encoder_artifact, load_text_encoder_artifact, neuroclip_model_folder,
@@ -37,6 +38,7 @@ from unisyn_v2.training.data.augmentation import AugmentationParams
 from unisyn_v2.training.data.cases import CaseCollection
 from unisyn_v2.training.data.loader import BatchBuilder, PatchLoader
 from unisyn_v2.training.data.pair_sampler import PairSampler
+from unisyn_v2.training.liif_training import liif_train_step
 from unisyn_v2.training.losses import brain_weight, patch_psnr, patch_ssim, weighted_l1
 from unisyn_v2.training.settings import TrainerSettings, task_key
 from unisyn_v2.training.trainer_base import TrainerBase
@@ -239,6 +241,10 @@ class SynthesisTrainer(TrainerBase):
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """L1 of source -> target (+ target -> source when ``both_directions``)."""
+        decoder = liif_decoder_of(self.network)
+        if decoder is not None:  # an implicit decoder: coarse source, random fine target points (training.liif_training)
+            return liif_train_step(self, batch, decoder, cyclic=False)
+
         def forward(network: nn.Module, b: dict[str, Any]) -> torch.Tensor:
             synthesis = network(b["source"], b["source_text"], b["target_text"]).synthesis
             loss = weighted_l1(synthesis, b["target"], b["weight"])

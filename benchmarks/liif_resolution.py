@@ -1,0 +1,271 @@
+"""Thick-slice source -> fine target (issue 20): the implicit (LIIF) decoder against up-sampling before or after synthesis.
+
+Phantom (``unisyn_v2.phantom``, T1w and T2w of every case, default 64^3 at 3.2 mm): the held-out cases' T1w is
+acquired with slices ``--factor`` times thicker along z (Gaussian slice profile, FWHM = thickness,
+:mod:`unisyn_v2.phantom.slice_profile`); the target is their T2w on the phantom's own grid. Two networks of one
+architecture (3D GFM encoder/affine, one task, fixed two-class prompt codes, no text encoder) are trained for the
+same wall-clock budget from the training cases: ``conv`` (pointwise decoder, fine source -> fine target, the
+pipeline's usual training) and ``liif`` (implicit decoder, TUMSyn's training: z down-sampling drawn in [1,
+factor], random fine target points; :mod:`unisyn_v2.training.liif_training`). Methods scored in the brain
+(PSNR/SSIM after each image's brain scaling, ``benchmarks.common.score``):
+
+- ``liif``: the LIIF network encodes the thick source, queried at every fine voxel (``inference.output_grid``);
+- ``before_trilinear`` / ``before_bspline``: thick source up-sampled to the fine grid, then the conv network;
+- ``after_trilinear`` / ``after_bspline``: the conv network on the thick grid, its output up-sampled;
+- ``source_*``: nothing learnt, for scale: identity is meaningless across contrasts, so omitted.
+
+Also the real ICBM152 T1w -> T2w templates (``../shared/data/real_mni2mm``, resampled to the phantom's spacing
+and acquired through the same profile). ``--memory`` measures, each in a child process, the peak RSS of a 1 mm
+182 x 218 x 182 output: LIIF from a 1 x 1 x 4 mm source against the conv decoder on the 1 mm source
+(untrained networks of the same size, step 1.0 to keep CPU time down; memory does not depend on the step).
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/liif_resolution.py --out /tmp/bench_liif [--memory]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import zoom
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import machine_info, md_table, peak_rss_mib, setup_logging  # noqa: E402
+from common import score  # noqa: E402
+from unisyn_v2.dataset.image_io import read_image  # noqa: E402
+from unisyn_v2.inference.output_grid import liif_tiled_prediction  # noqa: E402
+from unisyn_v2.models.sliding_window import sliding_window_predict  # noqa: E402
+from unisyn_v2.networks.factory import build_synthesis_network  # noqa: E402
+from unisyn_v2.networks.liif import liif_decoder_of  # noqa: E402
+from unisyn_v2.phantom.generator import generate_phantom_dataset  # noqa: E402
+from unisyn_v2.phantom.slice_profile import render_thick_slices  # noqa: E402
+from unisyn_v2.training.liif_training import degrade, gather_points, sample_points  # noqa: E402
+from unisyn_v2.training.losses import weighted_l1  # noqa: E402
+
+logger = logging.getLogger("benchmarks.liif_resolution")
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_mni2mm"
+TEXT = {"T1w": torch.tensor([[1.0, 0.0]]), "T2w": torch.tensor([[0.0, 1.0]])}
+
+
+def network_kwargs(decoder: str, factor: float) -> dict[str, Any]:
+    """The shared architecture (CPU-sized 3D GFM); only the decoder differs."""
+    kwargs = {"dims": 3, "in_channels": 1, "out_channels": 1, "encoder_width": 24, "num_blocks": 3,
+              "encoder_dilations": [1, 2, 4], "encoder_input_skip": True, "feature_dim": 32,
+              "decoder_hidden": [64, 64], "text_dim": 2, "decoder": decoder}
+    if decoder == "liif":
+        kwargs.update(liif_max_scale=[factor, 1.0, 1.0], liif_queries=4096)
+    return kwargs
+
+
+def normalise(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The MRI contract: brain p0.5 -> 0, p99.5 -> 1."""
+    lo, hi = np.percentile(image[mask], [0.5, 99.5])
+    return ((image - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+
+
+def load_cases(root: Path) -> list[dict[str, Any]]:
+    description = json.loads((root / "dataset.json").read_text())
+    cases = []
+    for case in description["cases"]:
+        mask = read_image(root / case["brain_mask"])[0] > 0
+        images = {i["modality"]: read_image(root / i["file"]) for i in case["images"]}
+        cases.append({"id": case["id"], "mask": mask, "T1w": normalise(images["T1w"][0], mask),
+                      "T2w": normalise(images["T2w"][0], mask), "spacing_zyx": images["T1w"][1].spacing_zyx})
+    return cases
+
+
+def random_patches(cases: list[dict[str, Any]], patch: tuple[int, int, int], batch: int,
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    sources, targets, weights = [], [], []
+    for _ in range(batch):
+        case = cases[int(rng.integers(len(cases)))]
+        starts = [int(rng.integers(0, n - p + 1)) for n, p in zip(case["mask"].shape, patch)]
+        box = tuple(slice(s, s + p) for s, p in zip(starts, patch))
+        sources.append(case["T1w"][box]); targets.append(case["T2w"][box])
+        weights.append(np.where(case["mask"][box], 1.0, 0.01).astype(np.float32))
+    as_tensor = lambda arrays: torch.from_numpy(np.stack(arrays)[:, None])  # noqa: E731
+    return as_tensor(sources), as_tensor(targets), as_tensor(weights)
+
+
+def train(decoder: str, cases: list[dict[str, Any]], factor: float, seconds: float, patch: tuple[int, int, int],
+          seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Adam 1e-3 for ``seconds`` of wall clock on random patches (T1w -> T2w)."""
+    torch.manual_seed(seed)
+    network = build_synthesis_network("gfm", network_kwargs(decoder, factor))
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    liif = liif_decoder_of(network)
+    started, steps, losses = time.perf_counter(), 0, []
+    while time.perf_counter() - started < seconds:
+        source, target, weight = random_patches(cases, patch, 2, rng)
+        if liif is None:
+            loss = weighted_l1(network(source, TEXT["T1w"].expand(2, -1), TEXT["T2w"].expand(2, -1)).synthesis, target, weight)
+        else:
+            factors = (float(rng.uniform(1.0, factor)), 1.0, 1.0)
+            linear, coords = sample_points(patch, 2, liif.queries, generator, source.device)
+            cell = torch.tensor([2.0 / n for n in patch]).expand(2, 3)
+            features = network.decoder_input(network.encode_anatomy(degrade(source, factors, liif.profile),
+                                                                    TEXT["T1w"].expand(2, -1)), TEXT["T2w"].expand(2, -1))
+            loss = weighted_l1(liif.query(features, coords, cell, chunk=coords.shape[1]), gather_points(target, linear),
+                               gather_points(weight, linear))
+        optimiser.zero_grad(); loss.backward(); optimiser.step()
+        steps += 1
+        losses.append(float(loss))
+    network.eval()
+    return network, {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
+                     "final_loss": round(float(np.mean(losses[-20:])), 4)}
+
+
+def conv_predict(network: torch.nn.Module, volume: np.ndarray, tile: tuple[int, int, int]) -> np.ndarray:
+    def forward(patch: torch.Tensor) -> torch.Tensor:
+        batch = patch.shape[0]
+        return network(patch, TEXT["T1w"].expand(batch, -1), TEXT["T2w"].expand(batch, -1)).synthesis
+
+    tile = tuple(min(t, n) for t, n in zip(tile, volume.shape))
+    return sliding_window_predict(torch.from_numpy(volume[None]), forward, tile)[0].numpy()
+
+
+def upsample(volume: np.ndarray, shape: tuple[int, ...], method: str) -> np.ndarray:
+    """Half-voxel convention (the pipeline's): trilinear (align_corners False) or cubic B-spline (grid_mode)."""
+    if method == "trilinear":
+        return F.interpolate(torch.from_numpy(volume)[None, None], size=shape, mode="trilinear",
+                             align_corners=False)[0, 0].numpy()
+    return zoom(volume, [n / s for n, s in zip(shape, volume.shape)], order=3, mode="nearest", grid_mode=True,
+                output=np.float32)
+
+
+def evaluate(networks: dict[str, torch.nn.Module], source: np.ndarray, target: np.ndarray, mask: np.ndarray,
+             factor: float, tile: tuple[int, int, int]) -> dict[str, dict[str, float]]:
+    """Every method on one (fine source, fine target): the thick source is rendered here."""
+    thick, _ = render_thick_slices(source, (1.0, 1.0, 1.0), factor, axis=0, profile="gaussian")
+    thick_mask, _ = render_thick_slices(mask.astype(np.float32), (1.0, 1.0, 1.0), factor, axis=0, profile="rect")
+    thick = normalise(thick, thick_mask >= 0.5)  # the contract on the source as acquired
+    shape = target.shape
+    results: dict[str, Callable[[], np.ndarray]] = {}
+    positions = [(np.arange(n) + 0.5) * (m / n) - 0.5 for n, m in zip(shape, thick.shape)]
+    cell = [m / n for n, m in zip(shape, thick.shape)]
+
+    def liif() -> np.ndarray:
+        values, _ = liif_tiled_prediction(thick[None], [networks["liif"]], TEXT["T1w"], TEXT["T2w"], positions, cell,
+                                          tile, 0.5, 0.0)
+        return values
+
+    results["liif"] = liif
+    for method in ("trilinear", "bspline"):
+        results[f"before_{method}"] = lambda m=method: conv_predict(networks["conv"], upsample(thick, shape, m), tile)
+        results[f"after_{method}"] = lambda m=method: upsample(conv_predict(networks["conv"], thick, tile), shape, m)
+    scores = {}
+    for name, run in results.items():
+        started = time.perf_counter()
+        prediction = run()
+        seconds = time.perf_counter() - started
+        scores[name] = {**{k: round(v, 4) for k, v in score(target, prediction, mask, "T2w").items()}, "seconds": round(seconds, 2)}
+    return scores
+
+
+def real_case(spacing: float) -> dict[str, Any] | None:
+    """The ICBM152 T1w/T2w templates resampled from 2 mm to the phantom's spacing (trilinear)."""
+    if not (REAL_DIR / "T1w_icbm152avg.nii.gz").is_file():
+        return None
+    t1, geometry = read_image(REAL_DIR / "T1w_icbm152avg.nii.gz")
+    t2 = read_image(REAL_DIR / "T2w_icbm152avg.nii.gz")[0]
+    mask = read_image(REAL_DIR / "brainmask_bin.nii.gz")[0]
+    shape = tuple(max(8, int(round(n * s / spacing))) for n, s in zip(t1.shape, geometry.spacing_zyx))
+    t1, t2 = upsample(t1, shape, "trilinear"), upsample(t2, shape, "trilinear")
+    mask = upsample(mask.astype(np.float32), shape, "trilinear") >= 0.5
+    return {"id": "ICBM152", "mask": mask, "T1w": normalise(t1, mask), "T2w": normalise(t2, mask)}
+
+
+def memory_child(kind: str, out: Path) -> None:
+    """Peak RSS of one 1 mm 182 x 218 x 182 output (conv on the 1 mm source, or LIIF from 1 x 1 x 4 mm)."""
+    torch.manual_seed(0)
+    network = build_synthesis_network("gfm", network_kwargs(kind, 4.0)).eval()
+    shape, tile = (182, 218, 182), (64, 64, 64)
+    started = time.perf_counter()
+    base = peak_rss_mib()
+    if kind == "conv":
+        source = np.random.default_rng(0).random(shape, dtype=np.float32)
+        with torch.inference_mode():
+            def forward(patch: torch.Tensor) -> torch.Tensor:
+                return network(patch, TEXT["T1w"].expand(patch.shape[0], -1), TEXT["T2w"].expand(patch.shape[0], -1)).synthesis
+            result = sliding_window_predict(torch.from_numpy(source[None]), forward, tile, step_size=1.0)[0].numpy()
+    else:
+        source = np.random.default_rng(0).random((46, 218, 182), dtype=np.float32)
+        positions = [(np.arange(n) + 0.5) * (m / n) - 0.5 for n, m in zip(shape, source.shape)]
+        cell = [m / n for n, m in zip(shape, source.shape)]
+        result, _ = liif_tiled_prediction(source[None], [network], TEXT["T1w"], TEXT["T2w"], positions, cell, tile, 1.0)
+    out.write_text(json.dumps({"kind": kind, "shape": list(result.shape), "peak_rss_mib": round(peak_rss_mib(), 1),
+                               "rss_before_mib": round(base, 1), "seconds": round(time.perf_counter() - started, 1)}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--test_cases", type=int, default=3)
+    parser.add_argument("--factor", type=float, default=4.0, help="slice thickness / fine spacing along z (default 4)")
+    parser.add_argument("--train_seconds", type=float, default=300.0, help="wall clock per network (default 300)")
+    parser.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64))
+    parser.add_argument("--voxel_size", type=float, default=3.2)
+    parser.add_argument("--patch", type=int, nargs=3, default=(32, 32, 32))
+    parser.add_argument("--memory", action="store_true", help="also the 182 x 218 x 182 memory comparison")
+    parser.add_argument("--memory_child", choices=("conv", "liif"), default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    setup_logging()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.memory_child:
+        memory_child(args.memory_child, args.out / f"memory_{args.memory_child}.json")
+        return 0
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    data = args.out / "phantom"
+    if not (data / "dataset.json").is_file():
+        generate_phantom_dataset(data, args.cases, seed=20, shape=tuple(args.shape), voxel_size_mm=(args.voxel_size,) * 3,
+                                 modalities=("T1w", "T2w"), complete=True, overwrite=True)
+    cases = load_cases(data)
+    train_cases, test_cases = cases[: -args.test_cases], cases[-args.test_cases:]
+    patch = tuple(args.patch)
+    networks, training = {}, {}
+    for decoder in ("conv", "liif"):
+        networks[decoder], training[decoder] = train(decoder, train_cases, args.factor, args.train_seconds, patch)
+        logger.info("trained %s: %s", decoder, training[decoder])
+    per_case = {}
+    with torch.inference_mode():
+        for case in test_cases:
+            per_case[case["id"]] = evaluate(networks, case["T1w"], case["T2w"], case["mask"], args.factor, patch)
+            logger.info("%s: %s", case["id"], {k: v["psnr"] for k, v in per_case[case["id"]].items()})
+        real = real_case(args.voxel_size)
+        real_scores = evaluate(networks, real["T1w"], real["T2w"], real["mask"], args.factor, patch) if real else None
+    methods = list(next(iter(per_case.values())))
+    summary = {m: {k: round(float(np.mean([c[m][k] for c in per_case.values()])), 4) for k in ("psnr", "ssim", "seconds")}
+               for m in methods}
+    memory = {}
+    if args.memory:
+        import subprocess
+
+        for kind in ("conv", "liif"):
+            subprocess.run([sys.executable, __file__, "--out", str(args.out), "--memory_child", kind], check=True)
+            memory[kind] = json.loads((args.out / f"memory_{kind}.json").read_text())
+    result = {"machine": machine_info(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "training": training, "per_case": per_case, "summary": summary, "real_icbm152": real_scores, "memory": memory}
+    (args.out / "liif_resolution.json").write_text(json.dumps(result, indent=2))
+    rows = [[m, summary[m]["psnr"], summary[m]["ssim"], summary[m]["seconds"],
+             *((real_scores[m]["psnr"], real_scores[m]["ssim"]) if real_scores else ("-", "-"))] for m in methods]
+    lines = md_table(["method", "phantom PSNR", "phantom SSIM", "s / case", "ICBM152 PSNR", "ICBM152 SSIM"], rows)
+    if memory:
+        lines += ["", *md_table(["decoder", "peak RSS MiB", "s"], [[k, v["peak_rss_mib"], v["seconds"]] for k, v in memory.items()])]
+    (args.out / "liif_resolution.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
