@@ -193,3 +193,21 @@ def test_a_conv_model_falls_back_to_bspline_resampling_and_says_so(unisyn_dirs: 
     assert written.shape_zyx == (16, 10, 10) and np.allclose(written.spacing_xyz, (4.0, 4.0, 2.0))
     sidecar = json.loads(image_path.with_name("sub-01_CT.json").read_text())
     assert sidecar["output_grid"]["method"] == METHOD_RESAMPLED and sidecar["settings"]["output_spacing"] == [4.0, 4.0, 2.0]
+
+
+def test_phantom_thick_slice_copies_keep_the_box_and_read_as_sources(tmp_path: Path) -> None:
+    from unisyn_v2.metadata.bids import read_sidecar
+    from unisyn_v2.phantom.generator import generate_phantom_dataset
+    from unisyn_v2.phantom.slice_profile import write_thick_slice_dataset
+
+    root = generate_phantom_dataset(tmp_path / "ph", 1, 0, shape=(16, 16, 16), voxel_size_mm=(6.0, 6.0, 6.0),
+                                    modalities=("T1w", "T2w"), complete=True)
+    out = write_thick_slice_dataset(root, 24.0, profile="rect")
+    thick, geometry = read_image(out / "sub-001_T1w.nii.gz")
+    fine, fine_geometry = read_image(root / "sub-001" / "sub-001_T1w.nii.gz")
+    assert thick.shape == (4, 16, 16) and np.allclose(geometry.spacing_xyz, (6.0, 6.0, 24.0))
+    first_edge = lambda g: g.origin_xyz[2] - g.spacing_xyz[2] / 2  # noqa: E731
+    assert np.isclose(first_edge(geometry), first_edge(fine_geometry))  # the same box, not a shifted one
+    assert np.allclose(thick[1], fine[4:8].mean(0), atol=1e-4)  # a boxcar slice is the mean of its 4 fine slices
+    assert read_sidecar(out / "sub-001_T1w.nii.gz").repetition_time is not None  # BIDS units, read back in ms
+    assert read_image(out / "sub-001_brainmask.nii.gz")[0].shape == (4, 16, 16)

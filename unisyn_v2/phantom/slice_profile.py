@@ -89,6 +89,8 @@ def write_thick_slice_dataset(dataset_dir: Path, thickness_mm: float, slice_spac
     ``unisyn_predict -i <dataset>/thick_slice``. The origin (first slice centre) moves so the box is the same."""
     from unisyn_v2.dataset.image_io import Geometry, read_image, write_image
     from unisyn_v2.io_utils import write_json_atomic
+    from unisyn_v2.metadata.fields import ImageMetadata
+    from unisyn_v2.phantom.bids_export import bids_sidecar
 
     dataset_dir = Path(dataset_dir)
     description = json.loads((dataset_dir / "dataset.json").read_text())
@@ -104,9 +106,10 @@ def write_thick_slice_dataset(dataset_dir: Path, thickness_mm: float, slice_spac
             thick, thick_geometry = _thick_geometry(array, geometry, thickness_mm, slice_spacing_mm, axis, profile)
             stem = f"{case['id']}_{image['modality']}"
             write_image(out_dir / f"{stem}.nii.gz", thick, thick_geometry)
-            metadata: dict[str, Any] = {**image.get("metadata", {}), "voxel_size": list(thick_geometry.spacing_xyz),
-                                        "slice_thickness": float(thickness_mm), "slice_profile": profile}
-            write_json_atomic(out_dir / f"{stem}.json", {"Modality": image["modality"], **metadata})
+            metadata = ImageMetadata.from_dict({**image.get("metadata", {}), "voxel_size": list(thick_geometry.spacing_xyz)})
+            sidecar: dict[str, Any] = {**bids_sidecar(metadata, image["modality"]), "SliceThickness": float(thickness_mm),
+                                       "SliceProfile": profile}  # BIDS units (seconds), as unisyn_predict reads them
+            write_json_atomic(out_dir / f"{stem}.json", sidecar)
             written += 1
         if case.get("brain_mask") and geometry is not None:
             mask, mask_geometry = read_image(dataset_dir / case["brain_mask"])
