@@ -180,6 +180,6 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         summary = _evaluate_target(target, predictions, truths, output)
         if summary is not None:
             report["evaluations"][target] = {"summary": str(output / f"summary_T1w_to_{target}.json"), "mean": summary.get("mean")}
-    report["validation"] = validation_against_baselines(gfm_trainer.fold_folder / "validation" / "summary.json")
+    report["validation"] = validation_against_baselines(gfm_trainer.layout.validation(gfm_trainer.fold) / "summary.json")
     write_json_atomic(output / "demo_report.json", json.loads(json.dumps(report, default=str)))
     return report

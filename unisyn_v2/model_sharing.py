@@ -29,6 +29,9 @@ import zlib
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from unisyn_v2.contracts.model_layout import (
+    FINAL_CHECKPOINT, PLANS_FILE, TEXT_ENCODER_FOLDER, TRAINER_FILE, ModelLayout, fold_of,
+)
 from unisyn_v2.io_utils import ensure_folder, remove_stale_temp_files, temp_prefix, write_failure
 from unisyn_v2.paths import results_dir
 
@@ -60,9 +63,9 @@ def _selected_files(model_folder: Path, folds: Sequence[str] | None, checkpoints
         if not is_model_file(relative.as_posix()):
             logger.warning("not exporting %s: not part of a model folder (unisyn_install_model would refuse it)", path)
             continue
-        top = relative.parts[0]
-        if top.startswith("fold_"):
-            if folds is not None and top[len("fold_"):] not in folds:
+        fold = fold_of(relative.parts[0])
+        if fold is not None:
+            if folds is not None and fold not in folds:
                 continue
             if path.suffix == ".pth" and path.name not in checkpoints:
                 continue
@@ -71,10 +74,10 @@ def _selected_files(model_folder: Path, folds: Sequence[str] | None, checkpoints
 
 
 def export_model(model_folder: Path, output_zip: Path, folds: Sequence[str] | None = None,
-                 checkpoints: Sequence[str] = ("checkpoint_final.pth",)) -> Path:
+                 checkpoints: Sequence[str] = (FINAL_CHECKPOINT,)) -> Path:
     """Write ``output_zip`` (atomically) holding everything prediction needs from ``model_folder``."""
     model_folder = Path(model_folder)
-    if not (model_folder / "trainer.json").is_file():
+    if not ModelLayout(model_folder).trainer_info.is_file():
         raise FileNotFoundError(f"{model_folder} is not a trained model folder (no trainer.json)")
     prefix = Path(model_folder.parent.name) / model_folder.name  # DatasetXXX_Name/Trainer__plans__config
     files = _selected_files(model_folder, folds, checkpoints)
@@ -209,10 +212,10 @@ def _check_layout(archive: zipfile.ZipFile, archive_path: Path, model_relative: 
             raise _refuse(archive_path, f"entry '{model_relative.as_posix()}/{relative}' is not part of a model folder "
                                         "(plans.json, trainer.json, dataset.json, dataset_fingerprint.json, text_encoder/, "
                                         "fold_N/*.pth, logs and validation figures only; never code)")
-    for required in ("plans.json", "trainer.json"):
+    for required in (PLANS_FILE, TRAINER_FILE):
         if required not in files:
             raise _refuse(archive_path, f"no {model_relative.as_posix()}/{required}: not a complete model folder")
-    if not any(name.startswith("fold_") and name.endswith(".pth") for name in files):
+    if not any(fold_of(name) is not None and name.endswith(".pth") for name in files):
         raise _refuse(archive_path, "no fold_N/*.pth checkpoint: not a trained model")
     try:
         manifest_info = archive.getinfo(MANIFEST)
@@ -289,10 +292,10 @@ def _validate_contents(archive_path: Path, staged: Path, model_relative: Path, r
             raise
         except ValueError as error:
             raise ModelArchiveError(f"{error}; refusing to install") from None
-    info = json.loads((staged / "trainer.json").read_text())
+    info = json.loads(ModelLayout(staged).trainer_info.read_text())
     conditioning = info.get("conditioning") or {}
     if conditioning.get("kind") == "text":
-        folder = conditioning.get("text_encoder", "text_encoder")
+        folder = conditioning.get("text_encoder", TEXT_ENCODER_FOLDER)
         for name in ("config.json", "tokenizer.json", "weights.pt"):
             if f"{folder}/{name}" not in relatives:
                 raise _refuse(archive_path, f"trainer.json conditions on text but the zip has no "

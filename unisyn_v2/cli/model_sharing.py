@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from unisyn_v2.contracts.model_layout import FINAL_CHECKPOINT
 from unisyn_v2.cli.common import add_common_arguments, run_cli
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.model_sharing import MAX_BYTES, export_model, install_model
@@ -26,7 +27,7 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--configuration", default="2.5d")
     parser.add_argument("-p", "--plans", default="unisynPlans")
     parser.add_argument("-f", "--folds", nargs="+", default=None, help="folds to include (default: all trained)")
-    parser.add_argument("--chk", nargs="+", default=["checkpoint_final.pth"], help="checkpoint file names to include")
+    parser.add_argument("--chk", nargs="+", default=[FINAL_CHECKPOINT], help="checkpoint file names to include")
     parser.add_argument("-o", "--output", required=True)
     add_common_arguments(parser)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unisyn_v2.contracts.model_layout import FINAL_CHECKPOINT, NAME_SEPARATOR, ModelFolderName, ModelLayout
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.dataset.image_io import Geometry, count_nonfinite_voxels, read_image
 from unisyn_v2.contracts.plans import Plans
@@ -44,7 +45,7 @@ from unisyn_v2.preprocessing.normalization import NormalizationParameters
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+DEFAULT_CHECKPOINT = FINAL_CHECKPOINT
 
 
 @dataclass
@@ -89,8 +90,9 @@ def find_model_folder(dataset: str | int, trainer: str, configuration: str, plan
     except UnknownTrainerError:
         class_name = trainer
     root = results_dir() / resolve_dataset_name(dataset)
-    folders = sorted(p for p in root.glob(f"*__{plans_name}__{configuration}") if p.is_dir()) if root.is_dir() else []
-    matches = [p for p in folders if p.name.split("__")[0] == class_name or p.name.split("__")[0].startswith(class_name + "_")]
+    folders = sorted(p for p in root.glob(f"*{NAME_SEPARATOR}{plans_name}{NAME_SEPARATOR}{configuration}") if p.is_dir()) \
+        if root.is_dir() else []
+    matches = [p for p in folders if ModelFolderName.parse(p.name).belongs_to(class_name)]
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -102,9 +104,7 @@ def find_model_folder(dataset: str | int, trainer: str, configuration: str, plan
 
 def available_folds(model_folder: Path, checkpoint_name: str = DEFAULT_CHECKPOINT) -> list[str]:
     """The default ensemble: numbered folds holding the checkpoint, else ``all`` when it holds it."""
-    folds = [p.parent.name[len("fold_"):] for p in Path(model_folder).glob(f"fold_*/{checkpoint_name}")]
-    numbered = sorted((f for f in folds if f.isdigit()), key=int)
-    return numbered or [f for f in folds if f == "all"]
+    return ModelLayout(model_folder).folds_holding(checkpoint_name)
 
 
 def load_fold(model_folder: Path, fold: int | str, checkpoint_name: str, device: torch.device) -> tuple[Any, Any, dict[str, Any], Plans]:
@@ -151,7 +151,7 @@ class UniSynPredictor:
                           settings: PredictionSettings | None = None) -> "UniSynPredictor":
         """Load the given folds (default: every ``fold_*`` present) of a trained model folder."""
         folder = Path(model_folder)
-        if not (folder / "plans.json").is_file():
+        if not ModelLayout(folder).plans.is_file():
             raise FileNotFoundError(f"{folder} is not a model folder (no plans.json); pass the <Trainer>__<plans>__<config> folder")
         fold_list = [str(f) for f in folds] if folds else available_folds(folder, checkpoint_name)
         if not fold_list:
@@ -160,7 +160,7 @@ class UniSynPredictor:
         loaded = [load_fold(folder, int(fold) if fold.isdigit() else fold, checkpoint_name, dev) for fold in fold_list]
         networks = [item[0] for item in loaded]
         _, conditioner, info, plans = loaded[0]
-        configuration = str(info.get("configuration") or folder.name.split("__")[-1])
+        configuration = str(info.get("configuration") or ModelLayout(folder).name.configuration)
         description = {"folder": str(folder.resolve()), "trainer": info.get("trainer_name"), "trainer_class": info.get("trainer_class"),
                        "dataset": plans.dataset_name, "plans": plans.plans_name, "configuration": configuration,
                        "folds": fold_list, "checkpoint": checkpoint_name, "conditioning": getattr(conditioner, "kind", None)}
@@ -379,3 +379,4 @@ class UniSynPredictor:
             else:
                 written.append(output_paths(output_folder, case.case_id, target_spec.modality)[0])
         return written
+

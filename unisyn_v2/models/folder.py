@@ -1,9 +1,7 @@
-"""Reading a trained model folder back: what the predictor calls.
+"""Reading a trained model folder back: what the predictor and ``unisyn_install_model`` call.
 
-A model folder ``results/<Dataset>/<Trainer>__<plans>__<configuration>/`` holds ``plans.json``,
-``dataset.json``, ``dataset_fingerprint.json``, ``trainer.json``, ``text_encoder/`` (text-conditioned
-models) and ``fold_N/checkpoint_*.pth`` (written by ``TrainerBase.write_model_folder`` and the
-synthesis trainers). :func:`load_trained_model` rebuilds the network with the trainer class's static
+The layout (names of the folder and its files) is :mod:`unisyn_v2.contracts.model_layout`'s, written by
+``TrainerBase.write_model_folder`` and the synthesis trainers. :func:`load_trained_model` rebuilds the network with the trainer class's static
 ``build_network_from_plans`` (the same function training used) and loads the weights.
 
 A model folder is data, never code: trainer.json may only name a registered trainer
@@ -22,6 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from unisyn_v2.contracts.model_layout import (
+    DATASET_FILE, FINAL_CHECKPOINT, FINGERPRINT_FILE, FOLD_PREFIX, PLANS_FILE, PROGRESS_PLOT, TEXT_ENCODER_FOLDER,
+    TRAINER_FILE, TRAINING_LOG, VALIDATION_FOLDER, ModelLayout,
+)
 from unisyn_v2.contracts.plans import MAX_PATCH_EDGE, Plans
 from unisyn_v2.io_utils import confined_path, read_json
 from unisyn_v2.metadata.fields import ImageMetadata
@@ -32,14 +34,16 @@ from unisyn_v2.models.registry import registered_trainer_path, resolve_trainer_c
 from unisyn_v2.models.weights import load_checkpoint, load_network_weights
 from unisyn_v2.networks.slice_adapter import volume_network
 
-_FOLD = r"fold_(?:\d+|all)"
-_ARTIFACT = r"text_encoder/(?:config\.json|tokenizer\.json|weights\.pt)"
+_FOLD = rf"{re.escape(FOLD_PREFIX)}(?:\d+|all)"
+_ARTIFACT = rf"{re.escape(TEXT_ENCODER_FOLDER)}/(?:config\.json|tokenizer\.json|weights\.pt)"
 _NAME = r"[^/\\\x00]*[^/\\\x00.][^/\\\x00]*"  # one path component, not hidden-only dots
+_VALIDATION = re.escape(VALIDATION_FOLDER)
 #: Every file a model folder may hold (paths relative to it); anything else is not part of a model.
 MODEL_FILE_PATTERNS: tuple[str, ...] = (
-    r"plans\.json", r"dataset\.json", r"dataset_fingerprint\.json", r"trainer\.json", _ARTIFACT,
-    rf"{_FOLD}/{_ARTIFACT}", rf"{_FOLD}/(?!\.){_NAME}\.pth", rf"{_FOLD}/training_log\.txt", rf"{_FOLD}/progress\.png",
-    rf"{_FOLD}/(?:validation/)?\w+\.json", rf"{_FOLD}/validation/(?!\.){_NAME}\.png",  # summaries, split and guard records
+    *(re.escape(name) for name in (PLANS_FILE, DATASET_FILE, FINGERPRINT_FILE, TRAINER_FILE)), _ARTIFACT,
+    rf"{_FOLD}/{_ARTIFACT}", rf"{_FOLD}/(?!\.){_NAME}\.pth", rf"{_FOLD}/{re.escape(TRAINING_LOG)}",
+    rf"{_FOLD}/{re.escape(PROGRESS_PLOT)}", rf"{_FOLD}/(?:{_VALIDATION}/)?\w+\.json",
+    rf"{_FOLD}/{_VALIDATION}/(?!\.){_NAME}\.png",  # summaries, split and guard records
 )
 _MODEL_FILE = re.compile("|".join(f"(?:{p})" for p in MODEL_FILE_PATTERNS))
 CONDITIONING_KINDS = ("none", "onehot", "text", "text_physics")
@@ -52,7 +56,7 @@ def is_model_file(relative: str) -> bool:
 
 def read_trainer_info(model_folder: Path) -> dict[str, Any]:
     """``trainer.json`` of a model folder, validated (FileNotFoundError naming the folder)."""
-    path = Path(model_folder) / "trainer.json"
+    path = ModelLayout(model_folder).trainer_info
     if not path.is_file():
         raise FileNotFoundError(f"{model_folder} is not a trained model folder (no trainer.json)")
     return validate_trainer_info(read_json(path), str(path))
@@ -169,21 +173,21 @@ def validate_model_file(relative: str, path: Path, source: str, trusted_trainers
         data = read_json(path)
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{source}: invalid JSON ({str(error).rpartition('(')[2].rstrip(')') or error})") from None
-    if relative == "plans.json":
+    if relative == PLANS_FILE:
         Plans.from_dict(data, source=source)
-    elif relative == "trainer.json":
+    elif relative == TRAINER_FILE:
         validate_trainer_info(data, source, trusted_trainers)
         _finite_numbers(data, source)
-    elif relative == "dataset.json":
+    elif relative == DATASET_FILE:
         try:
             load_dataset_description(path.parent, read_sidecars=False)
         except DatasetError as error:
             raise ValueError(f"{source}: {error.headline()}") from None
-    elif relative == "dataset_fingerprint.json":
+    elif relative == FINGERPRINT_FILE:
         _fingerprint(data, source)
-    elif relative.endswith("text_encoder/config.json"):
+    elif relative.endswith(f"{TEXT_ENCODER_FOLDER}/config.json"):
         _text_encoder_config(data, source)
-    elif relative.endswith("text_encoder/tokenizer.json"):
+    elif relative.endswith(f"{TEXT_ENCODER_FOLDER}/tokenizer.json"):
         MetadataTokenizer.from_dict(data, source=source)
     elif not isinstance(data, dict):  # a fold's records (validation summary, split, ...): never read by prediction
         raise ValueError(f"{source}: must be a JSON object")
@@ -198,14 +202,14 @@ def build_conditioner(model_folder: Path, trainer_info: dict[str, Any], device: 
     if kind == "onehot":
         return OneHotConditioner(conditioning["modalities"], device=device)
     if kind in ("text", "text_physics"):
-        folder = confined_path(Path(model_folder), str(conditioning.get("text_encoder", "text_encoder")))  # stays inside
+        folder = confined_path(Path(model_folder), str(conditioning.get("text_encoder", TEXT_ENCODER_FOLDER)))  # stays inside
         tokenizer, encoder = load_text_encoder_artifact(folder, device)
         text = TextConditioner(tokenizer, encoder, normalize=False, device=device)
         return text if kind == "text" else PhysicsTextConditioner(text)  # text_physics: the qMRI head's sequence numbers
     raise ValueError(f"{model_folder}/trainer.json: unknown conditioning kind {kind!r}")
 
 
-def load_trained_model(model_folder: Path, fold: int | str = 0, checkpoint_name: str = "checkpoint_final.pth",
+def load_trained_model(model_folder: Path, fold: int | str = 0, checkpoint_name: str = FINAL_CHECKPOINT,
                        device: str | torch.device = "cpu") -> tuple[nn.Module, Any, dict[str, Any], Plans]:
     """(network, conditioner, trainer_info, plans) of one fold, network in eval mode on ``device``.
 
@@ -215,14 +219,15 @@ def load_trained_model(model_folder: Path, fold: int | str = 0, checkpoint_name:
     """
     model_folder = Path(model_folder)
     trainer_info = read_trainer_info(model_folder)
-    plans = Plans.load(model_folder / "plans.json")
-    trainer_class = resolve_trainer_class(trainer_info["trainer_class"], f"{model_folder / 'trainer.json'}: field trainer_class")
+    layout = ModelLayout(model_folder)
+    plans = Plans.load(layout.plans)
+    trainer_class = resolve_trainer_class(trainer_info["trainer_class"], f"{layout.trainer_info}: field trainer_class")
     build = getattr(trainer_class, "build_network_from_plans", None)
     if build is None:
         raise ValueError(f"{trainer_info['trainer_class']} has no build_network_from_plans; it is not a synthesis model")
     configuration = trainer_info["configuration"]
     network = build(plans, configuration, trainer_info)
-    checkpoint_path = model_folder / f"fold_{fold}" / checkpoint_name
+    checkpoint_path = layout.checkpoint(fold, checkpoint_name)
     load_network_weights(network, load_checkpoint(checkpoint_path, map_location="cpu"), checkpoint_path)
     is_slab = trainer_info.get("is_slab", plans.configuration(configuration).is_slab)
     network = volume_network(network, bool(is_slab)).to(device).eval()

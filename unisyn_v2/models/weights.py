@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from unisyn_v2.contracts.model_layout import BEST_CHECKPOINT, CHECKPOINT_NAMES
+
 CHECKPOINT_FORMAT_VERSION = 1
-CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -46,7 +47,7 @@ def fallback_hint(path: Path) -> str:
     others = [name for name in CHECKPOINT_NAMES if name != path.name and (path.parent / name).is_file()]
     if not others:
         return f"{path.parent.name} holds no other checkpoint: copy it again, or train again"
-    first = "checkpoint_best.pth" if "checkpoint_best.pth" in others else others[0]
+    first = BEST_CHECKPOINT if BEST_CHECKPOINT in others else others[0]
     return (f"{path.parent.name} also holds {', '.join(others)}: predict with --chk {first}, or resume training "
             f"with --c --resume_from {first} (or copy it again)")
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unisyn_v2.contracts.model_layout import TEXT_ENCODER_FOLDER, ModelFolderName
 from unisyn_v2.io_utils import read_json, replace_atomic, write_json_atomic
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
 from unisyn_v2.networks.factory import build_text_encoder
@@ -31,7 +32,7 @@ ARTIFACT_VERSION = 1
 ARTIFACT_FILES = ("config.json", "tokenizer.json", "weights.pt")
 NEUROCLIP_TRAINER_NAME = "NeuroCLIPTrainer"
 NEUROCLIP_CONFIGURATION = "neuroclip"
-ARTIFACT_FOLDER_NAME = "text_encoder"
+ARTIFACT_FOLDER_NAME = TEXT_ENCODER_FOLDER
 
 
 class FrozenTextEncoder(nn.Module):
@@ -91,7 +92,7 @@ def text_encoder_kwargs(encoder: MetadataTextEncoder) -> dict[str, Any]:
 
 def neuroclip_model_folder(results_folder: Path, dataset_name: str, plans_name: str) -> Path:
     """``<results>/<Dataset>/NeuroCLIPTrainer__<plans>__neuroclip``."""
-    return Path(results_folder) / dataset_name / f"{NEUROCLIP_TRAINER_NAME}__{plans_name}__{NEUROCLIP_CONFIGURATION}"
+    return Path(results_folder) / dataset_name / str(ModelFolderName(NEUROCLIP_TRAINER_NAME, plans_name, NEUROCLIP_CONFIGURATION))
 
 
 def text_encoder_artifact_folder(results_folder: Path, dataset_name: str, plans_name: str) -> Path:

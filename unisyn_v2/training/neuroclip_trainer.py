@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from unisyn_v2.contracts.model_layout import ModelFolderName
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases
 from unisyn_v2.io_utils import finite_or_none, read_json, write_json_atomic
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
@@ -118,7 +119,7 @@ class NeuroCLIPTrainer(TrainerBase):
     @classmethod
     def model_folder_name(cls, plans_name: str, configuration: str, settings: Any = None) -> str:
         """``<Class>__<plans>__neuroclip`` whatever configuration's data it reads (both share one data folder)."""
-        return f"{cls.__name__}__{plans_name}__{NEUROCLIP_CONFIGURATION}"
+        return str(ModelFolderName(cls.__name__, plans_name, NEUROCLIP_CONFIGURATION))
 
     # --------------------------------------------------------------- data
     @property
@@ -347,7 +348,7 @@ class NeuroCLIPTrainer(TrainerBase):
     def _write_summary(self, evaluation: dict[str, Any], final: bool) -> Path:
         summary = {"trainer": type(self).__name__, "dataset_name": self.dataset_name, "fold": str(self.fold),
                    "epoch": self.current_epoch, "final": final, **evaluation, **self._run_record()}
-        return write_json_atomic(self.fold_folder / "validation" / "summary.json", finite_or_none(summary))
+        return write_json_atomic(self.layout.validation(self.fold) / "summary.json", finite_or_none(summary))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Add retrieval / sensitivity numbers to the epoch's logs and refresh the validation summary."""

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from unisyn_v2.contracts.model_layout import ModelFolderName
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases, make_splits, validate_splits
 from unisyn_v2.io_utils import read_json, write_json_atomic
@@ -82,7 +83,7 @@ class SynthesisTrainer(TrainerBase):
         """``<Class>[_<tasks>]__<plans>__<configuration>``: a task filter gets its own model folder."""
         tasks = settings.tasks if settings is not None else None
         suffix = "_" + "+".join(f"{s}-to-{t}" for s, t in tasks) if tasks else ""
-        return f"{cls.__name__}{suffix}__{plans_name}__{configuration}"
+        return str(ModelFolderName(f"{cls.__name__}{suffix}", plans_name, configuration))
 
     # ------------------------------------------------------------ folds / data
     def split_cases(self) -> tuple[list[str], list[str]]:

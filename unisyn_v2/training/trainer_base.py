@@ -47,6 +47,10 @@ import torch
 from torch import nn
 
 from unisyn_v2.contracts.plans import Plans
+from unisyn_v2.contracts.model_layout import (
+    BEST_CHECKPOINT, DATASET_FILE, FINAL_CHECKPOINT, FINGERPRINT_FILE, LATEST_CHECKPOINT, PROGRESS_PLOT, TRAINING_LOG,
+    ModelFolderName, ModelLayout,
+)
 from unisyn_v2.io_utils import copy_file_atomic, remove_stale_temp_files, write_json_atomic
 from unisyn_v2.training.checkpointing import CheckpointMixin, find_resume_checkpoint, seed_everything
 from unisyn_v2.training.distributed import DistributedContext
@@ -78,7 +82,8 @@ class TrainerBase(CheckpointMixin):
         self.dataset_name = dataset_name
         self.preprocessed_folder = Path(preprocessed_folder)
         self.model_folder = Path(output_folder)
-        self.fold_folder = self.model_folder / f"fold_{self.fold}"
+        self.layout = ModelLayout(self.model_folder)
+        self.fold_folder = self.layout.fold(self.fold)
         self.device = torch.device(device)
         self.settings = settings or TrainerSettings()
         self.distributed = DistributedContext.current()
@@ -107,7 +112,7 @@ class TrainerBase(CheckpointMixin):
     @classmethod
     def model_folder_name(cls, plans_name: str, configuration: str, settings: TrainerSettings | None = None) -> str:
         """``<Class>__<plans>__<configuration>`` (the model folder under results/<Dataset>/)."""
-        return f"{cls.__name__}__{plans_name}__{configuration}"
+        return str(ModelFolderName(cls.__name__, plans_name, configuration))
 
     # ----------------------------------------------------------------- hooks
     def plan_schedule(self) -> tuple[int, int, int, float]:
@@ -178,11 +183,11 @@ class TrainerBase(CheckpointMixin):
     def write_model_folder(self) -> None:
         """Copy plans, dataset description and fingerprint next to the folds; write trainer.json."""
         self.model_folder.mkdir(parents=True, exist_ok=True)
-        self.plans.save(self.model_folder / "plans.json")
-        for name in ("dataset.json", "dataset_fingerprint.json"):
+        self.plans.save(self.layout.plans)
+        for name in (DATASET_FILE, FINGERPRINT_FILE):
             if (self.preprocessed_folder / name).is_file():
                 copy_file_atomic(self.preprocessed_folder / name, self.model_folder / name)
-        write_json_atomic(self.model_folder / "trainer.json", self.trainer_info())
+        write_json_atomic(self.layout.trainer_info, self.trainer_info())
 
     # -------------------------------------------------------------- services
     def initialize(self) -> None:
@@ -267,9 +272,9 @@ class TrainerBase(CheckpointMixin):
         """Train (or resume, or only validate) and return the final validation summary."""
         main = self.distributed.is_main
         if main:
-            remove_stale_temp_files(self.model_folder, self.fold_folder, self.fold_folder / "validation",
-                                    self.model_folder / "text_encoder")
-        handler = attach_file_log(self.fold_folder / "training_log.txt") if main else None
+            remove_stale_temp_files(self.model_folder, self.fold_folder, self.layout.validation(self.fold),
+                                    self.layout.text_encoder)
+        handler = attach_file_log(self.fold_folder / TRAINING_LOG) if main else None
         threads = torch.get_num_threads()
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # only ever lowered; restored below
             torch.set_num_threads(min(threads, cpu_threads_for_training(self.loader_workers())))
@@ -278,7 +283,7 @@ class TrainerBase(CheckpointMixin):
             if self.settings.validation_only:
                 if not main:
                     return None
-                self.load_checkpoint(self.fold_folder / "checkpoint_final.pth", restore_training_state=False)
+                self.load_checkpoint(self.layout.checkpoint(self.fold), restore_training_state=False)
                 return self.final_validation()
             if main:
                 self.write_model_folder()
@@ -314,7 +319,7 @@ class TrainerBase(CheckpointMixin):
                 detach_file_log(handler)
 
     def _train(self) -> None:
-        if self.current_epoch >= self.num_epochs and (self.fold_folder / "checkpoint_final.pth").is_file():
+        if self.current_epoch >= self.num_epochs and self.layout.checkpoint(self.fold).is_file():
             # --c on a finished run: keep checkpoint_final as it is (only the end-of-training hook reruns,
             # so an artifact interrupted after the last checkpoint still gets written)
             logger.info("%s fold %s already finished its %d epochs; nothing to train", type(self).__name__,
@@ -342,15 +347,15 @@ class TrainerBase(CheckpointMixin):
             value = logs.get(self.best_metric_key)
             if value is not None and self._is_better(value):
                 self.best_metric, self.best_epoch = float(value), epoch
-                self.save_checkpoint("checkpoint_best.pth")
+                self.save_checkpoint(BEST_CHECKPOINT)
                 logger.info("new best %s %.4f", self.best_metric_key, value)
             if self.current_epoch % self.settings.save_every == 0 or self.current_epoch == self.num_epochs:
-                self.save_checkpoint("checkpoint_latest.pth")
+                self.save_checkpoint(LATEST_CHECKPOINT)
             if self.distributed.is_main and (time.monotonic() - last_plot >= self.plot_every_s
                                              or self.current_epoch == self.num_epochs):
-                self.progress.plot(self.fold_folder / "progress.png", f"{type(self).__name__} fold {self.fold}")
+                self.progress.plot(self.fold_folder / PROGRESS_PLOT, f"{type(self).__name__} fold {self.fold}")
                 last_plot = time.monotonic()
-        self.save_checkpoint("checkpoint_final.pth")
+        self.save_checkpoint(FINAL_CHECKPOINT)
         if self.distributed.is_main:
-            (self.fold_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
+            (self.fold_folder / LATEST_CHECKPOINT).unlink(missing_ok=True)
         self.on_train_end()

@@ -159,7 +159,7 @@ def _allowed(trainer: "SynthesisTrainer", source: ImageDescription, target: Imag
 def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
     """Validate ``trainer``'s current network on its fold's validation cases; write and return the summary."""
     started = time.perf_counter()
-    out_dir = trainer.fold_folder / "validation"
+    out_dir = trainer.layout.validation(trainer.fold)
     network = volume_network(trainer.network, trainer.is_slab).eval()
     references = _reference_quantiles(trainer)
     cases = trainer.val_cases[: trainer.settings.max_validation_cases or None]
