@@ -1,4 +1,4 @@
-"""What every command line shares: logging set-up and one-line errors instead of tracebacks."""
+"""What every command line shares: logging set-up, the CPU thread policy and one-line errors instead of tracebacks."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import logging
 import sys
 from collections.abc import Callable
 
+from unisyn_v2.parallel import apply_thread_policy
+
 logger = logging.getLogger("unisyn_v2")
 
 EXIT_USER_ERROR = 2
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--verbose on every CLI."""
+    """--verbose and --threads on every CLI."""
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks on errors")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of this command, shared by its worker processes (default: OMP_NUM_THREADS, "
+                             "else the cores not busy with other work; 0: torch's default)")
 
 
 def configure_logging(verbose: bool) -> None:
@@ -28,9 +33,10 @@ def configure_logging(verbose: bool) -> None:
 
 
 def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a CLI body; user-facing errors become a one-line message and a non-zero exit."""
+    """Run a CLI body under the thread policy; user-facing errors become a one-line message and a non-zero exit."""
     configure_logging(getattr(args, "verbose", False))
     try:
+        apply_thread_policy(getattr(args, "threads", None))
         return body(args)
     except KeyboardInterrupt:
         logger.error("interrupted; rerun the same command to resume")

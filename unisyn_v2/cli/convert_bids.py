@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'auto' derives a mask per case; a derivatives folder provides them (default: no masks)")
     parser.add_argument("--min_correction", type=float, default=0.25, metavar="VOXELS",
                         help="registrations moving the head by at most this many reference voxels are not applied (default 0.25)")
-    parser.add_argument("--threads", type=int, default=None, help="registration threads (default: SimpleITK's)")
     parser.add_argument("--overwrite", action="store_true", help="write into an existing non-empty dataset folder")
     add_common_arguments(parser)
     return parser
@@ -80,7 +79,7 @@ def _convert(args: argparse.Namespace) -> int:
     output = raw_dir() / dataset_name_from_id(args.dataset_id, name)
     settings = ConversionSettings(modalities=args.modalities, reference=args.reference, link=args.link, run=args.run,
                                   all_runs=args.all_runs, brain_mask=args.brain_mask,
-                                  min_correction_voxels=args.min_correction, threads=args.threads)
+                                  min_correction_voxels=args.min_correction, threads=args.threads or None)
     report = convert_bids(args.bids_root, output, name, settings, overwrite=args.overwrite)
     for line in report.summary_lines():
         logger.info("%s", line)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
+from unisyn_v2.parallel import apply_thread_policy
 from unisyn_v2.dataset.image_io import write_image
 from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.metadata.prompts import parse_prompt
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--thick_slices profile: gaussian with FWHM = thickness (default) or an ideal boxcar")
     parser.add_argument("--slice_spacing", type=float, default=None, metavar="MM",
                         help="--thick_slices centre-to-centre distance (default: the thickness, contiguous slices)")
+    add_common_arguments(parser)
     return parser
 
 
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad arguments or a refused folder)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    apply_thread_policy(args.threads)
     if args.dataset_id < 0 or args.dataset_id > 999:
         logger.error("dataset id must be within 0-999 (got %d)", args.dataset_id)
         return 2

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unisyn_v2.parallel import usable_cores
+
 Task = tuple[str, str]  # (source modality, target modality)
 
 
@@ -33,15 +35,17 @@ def cpu_threads_for_training(loader_workers: int) -> int:
 
     Oversubscribed cores make torch's spinning threads wait on each other: on the 2-core CI machine a GFM
     step with 2 threads beside a loader worker (or another job) was measured up to 30x slower than with 1.
+    Cores are those this process may use (affinity and cgroup quota, :func:`unisyn_v2.parallel.usable_cores`);
+    the trainer only ever lowers the threads the command's policy set.
     """
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, (os.cpu_count() or 1) // ranks - max(0, loader_workers))
+    return max(1, usable_cores() // ranks - max(0, loader_workers))
 
 
 def default_num_workers() -> int:
     """Background loader processes: the spare cores shared by this machine's ranks, at most 8 (0 on one core)."""
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(0, min(8, ((os.cpu_count() or 1) - ranks) // ranks))
+    return max(0, min(8, (usable_cores() - ranks) // ranks))
 
 
 @dataclass
