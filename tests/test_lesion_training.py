@@ -190,5 +190,51 @@ def test_lesion_weight_scales_the_loss_inside_lesions(unisyn_dirs: dict[str, Pat
     assert mri_target
     for i in mri_target:
         assert torch.allclose(b["weight"][i], region[i])
-    trainer.run()  # a whole (one-iteration) training with both lesion settings on
+    trainer.run()  # a whole (one-iteration) training with both lesion settings on, and its final validation
     assert (trainer.fold_folder / "checkpoint_final.pth").is_file()
+    assert "lesion_gap_db" in (trainer.fold_folder / "validation" / "summary.json").read_text()
+
+
+def test_lesion_psnr_reports_the_gap_and_means_cover_lesion_cases_only() -> None:
+    from unisyn_v2.training.validation import _mean, evaluate_in_mask
+
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.2, 1.0, (10, 12, 12))
+    brain = np.zeros(reference.shape, bool)
+    brain[1:9, 2:10, 2:10] = True
+    lesion = np.zeros(reference.shape, np.uint8)
+    lesion[4:6, 5:7, 5:7] = 4
+    prediction = reference + 0.01 * rng.normal(size=reference.shape)
+    prediction[lesion > 0] += 0.3  # the model misses the lesion
+    with_lesion = evaluate_in_mask(reference, prediction, brain, lesion=lesion)
+    assert with_lesion["lesion_gap_db"] > 20 and with_lesion["normal_psnr"] > with_lesion["lesion_psnr"]
+    healthy = evaluate_in_mask(reference, reference + 0.01, brain, lesion=np.zeros_like(lesion))
+    assert "lesion_psnr" not in healthy and "lesion_psnr" not in evaluate_in_mask(reference, prediction, brain)
+    means = _mean([healthy, with_lesion])
+    assert means["lesion_psnr"] == pytest.approx(with_lesion["lesion_psnr"])  # over the case with lesions
+    assert means["psnr"] == pytest.approx((healthy["psnr"] + with_lesion["psnr"]) / 2)
+
+
+def test_unisyn_evaluate_reports_lesion_psnr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unisyn_v2.cli.evaluate import main as evaluate_main
+
+    rng = np.random.default_rng(1)
+    for name in ("ref", "pred", "brain", "lesions"):
+        (tmp_path / name).mkdir()
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in GEOMETRY.shape_zyx], indexing="ij")
+    brain = ((zz**2 + yy**2 + xx**2) < 0.7).astype(np.uint8)
+    for case_id, labels in (("a", _labels()), ("b", np.zeros(GEOMETRY.shape_zyx, np.uint8))):
+        reference = np.where(brain, 500 + 300 * rng.random(brain.shape), 0).astype(np.float32)
+        prediction = reference + np.where(labels > 0, 300.0, 5.0).astype(np.float32) * brain
+        write_image(tmp_path / "ref" / f"{case_id}.nii.gz", reference, GEOMETRY)
+        write_image(tmp_path / "pred" / f"{case_id}.nii.gz", prediction, GEOMETRY)
+        write_image(tmp_path / "brain" / f"{case_id}.nii.gz", brain, GEOMETRY, dtype=np.uint8)
+        write_image(tmp_path / "lesions" / f"{case_id}.nii.gz", labels, GEOMETRY, dtype=np.uint8)
+    args = ["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "--mask", str(tmp_path / "brain"),
+            "--lesion_mask", str(tmp_path / "lesions"), "--modality", "T1w", "--protocol", "reference"]
+    assert evaluate_main(args) == 0
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    by_case = {c["case"]: c for c in summary["per_case"]}
+    assert by_case["a"]["lesion_gap_db"] > 20 and "lesion_psnr" not in by_case["b"]  # b has no lesions
+    assert summary["mean"]["lesion_psnr"] == pytest.approx(by_case["a"]["lesion_psnr"])
+    assert "lesion PSNR" in capsys.readouterr().out and "lesion_gap_db" in (tmp_path / "pred" / "summary.csv").read_text()

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of brain masks, named like the references; psnr/ssim/mae inside the mask")
     parser.add_argument("--head_mask", "--head_mask_dir", dest="head_mask", default=None,
                         help="folder of head (body) masks for head_* and bone metrics (default: derived from each reference)")
+    parser.add_argument("--lesion_mask", "--lesion_mask_dir", dest="lesion_mask", default=None,
+                        help="folder of lesion label maps named like the references: lesion_psnr, normal_psnr and "
+                             "lesion_gap_db for cases with lesions")
     parser.add_argument("--modality", default=None,
                         help="modality of the references, e.g. CT or FLAIR (default: inferred per case, CT or MRI-like)")
     parser.add_argument("--allow_scale_mismatch", action="store_true",
@@ -126,13 +129,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     protocol = choose_protocol(args.protocol, pred_dir)
     output = Path(args.output) if args.output else pred_dir / "summary.json"
     summary = evaluate_folders(ref_dir, pred_dir, protocol, args.mask, output, head_mask_dir=args.head_mask,
-                               modality=args.modality, allow_scale_mismatch=args.allow_scale_mismatch)
+                               modality=args.modality, allow_scale_mismatch=args.allow_scale_mismatch,
+                               lesion_mask_dir=args.lesion_mask)
     mean = summary["mean"]
     line = (f"{summary['n_cases']} case(s), protocol {protocol.value}: {summary['region']} PSNR {mean['psnr']:.3f}, "
             f"SSIM {mean['ssim']:.4f}, MAE {mean['mae']:.4f}; head PSNR {mean['head_psnr']:.3f}, "
             f"SSIM {mean['head_ssim']:.4f}, MAE {mean['head_mae']:.4f}")
     if "bone_dice" in mean:
         line += f"; bone Dice {mean['bone_dice']:.3f}, bone MAE {mean['bone_mae']:.1f} HU"
+    if "lesion_psnr" in mean:
+        line += (f"; lesion PSNR {mean['lesion_psnr']:.3f} vs normal {mean['normal_psnr']:.3f} "
+                 f"(gap {mean['lesion_gap_db']:.2f} dB)")
     print(line)
     print(output)
     print(output.with_suffix(".csv"))

@@ -25,6 +25,9 @@ Regions (issue 17: a brain-mask MAE hid a synthetic CT without skull). Per case 
 - ``bone_dice``, ``bone_mae``: for CT references (``synthrad`` or modality CT), in HU inside the head mask
   (:func:`unisyn_v2.evaluation.metrics.bone_metrics`, threshold 300 HU). ``bone_mae`` is nan for a case
   whose reference has no bone; its mean skips such cases.
+- ``lesion_psnr``, ``normal_psnr``, ``lesion_gap_db``: with ``lesion_mask_dir`` (label maps matched as the brain
+  masks are, any label > 0 a lesion), for cases whose map has lesions, both images on the reference's range in
+  the brain (else head) mask (:func:`unisyn_v2.evaluation.protocols.lesion_psnr`); means over those cases.
 
 The modality (which threshold derives the head, whether bone is scored) is ``modality`` when given, else
 inferred per case from the reference: ``"CT"`` when >= 1 % of it is below -500 and some of it above 300,
@@ -51,7 +54,7 @@ import numpy as np
 
 from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.evaluation.metrics import bone_metrics
-from unisyn_v2.evaluation.protocols import Protocol, evaluate_pair, infer_modality, scale_mismatch
+from unisyn_v2.evaluation.protocols import Protocol, evaluate_pair, infer_modality, lesion_psnr, scale_mismatch
 from unisyn_v2.io_utils import expect_size, replace_atomic
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.preprocessing.foreground import case_foreground
@@ -62,6 +65,7 @@ IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 METRIC_NAMES = ("psnr", "ssim", "mae")
 HEAD_METRIC_NAMES = ("head_psnr", "head_ssim", "head_mae")
 BONE_METRIC_NAMES = ("bone_dice", "bone_mae")
+LESION_METRIC_NAMES = ("lesion_psnr", "normal_psnr", "lesion_gap_db")
 SCALE_MISMATCH_FIX = ("rescale one to the other's unit (or give the reference in the unit the predictor writes: "
                       "HU for CT, SUV for PET, normalised x1000 for MRI), or pass --allow_scale_mismatch to score anyway")
 #: Modality name given to the foreground rule for a reference inferred to be MRI-like (MRI and PET share it).
@@ -164,7 +168,7 @@ def _aggregate(cases: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str,
     """Mean and std per metric over the cases that have it; bone_mae skips cases without reference bone (nan)."""
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
-    for name in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES):
+    for name in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES, *LESION_METRIC_NAMES):
         values = np.array([c[name] for c in cases if name in c], dtype=np.float64)
         if name == "bone_mae":
             values = values[~np.isnan(values)]
@@ -180,7 +184,8 @@ def _aggregate(cases: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str,
 
 def _csv_text(cases: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    metrics = [n for n in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES) if any(n in c for c in cases)]
+    metrics = [n for n in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES, *LESION_METRIC_NAMES)
+               if any(n in c for c in cases)]
     fields = ["case", "reference", "prediction", *metrics, "modality"]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -226,6 +231,7 @@ def evaluate_folders(
     head_mask_dir: Optional[PathLike] = None,
     modality: Optional[str] = None,
     allow_scale_mismatch: bool = False,
+    lesion_mask_dir: Optional[PathLike] = None,
 ) -> dict[str, Any]:
     """Evaluate every prediction against its reference and write summary.json / summary.csv.
 
@@ -238,7 +244,7 @@ def evaluate_folders(
     if modality is not None:
         modality = get_modality(modality).name  # unknown names fail here, listing the known ones
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
-    optional = tuple(Path(d) for d in (mask_dir, head_mask_dir) if d is not None)
+    optional = tuple(Path(d) for d in (mask_dir, head_mask_dir, lesion_mask_dir) if d is not None)
     for folder in (ref_dir, pred_dir) + optional:
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
@@ -255,6 +261,7 @@ def evaluate_folders(
         raise ValueError(f"no prediction in {pred_dir} matches a reference in {ref_dir}")
     masks = _check_mask_folders(preds, refs, mask_dir, "mask")
     head_masks = _check_mask_folders(preds, refs, head_mask_dir, "head mask")
+    lesion_masks = _check_mask_folders(preds, refs, lesion_mask_dir, "lesion mask")
     region = "brain" if mask_dir is not None else ("head" if protocol is Protocol.SYNTHRAD else "image")
 
     cases: list[dict[str, Any]] = []
@@ -298,9 +305,12 @@ def evaluate_folders(
         case.update({f"head_{k}": float(head_values[k]) for k in METRIC_NAMES})
         if protocol is Protocol.SYNTHRAD or _is_ct(case_modality):
             case.update(bone_metrics(ref, pred, mask=head))
+        if ref_path.name in lesion_masks:
+            lesion = _read_mask(lesion_masks[ref_path.name], ref_path, ref.shape)
+            case.update(lesion_psnr(ref, pred, brain if brain is not None else head, lesion))
         case["modality"] = case_modality
         cases.append(case)
-        reported = [k for k in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES) if k in case]
+        reported = [k for k in (*METRIC_NAMES, *HEAD_METRIC_NAMES, *BONE_METRIC_NAMES, *LESION_METRIC_NAMES) if k in case]
         logger.info("%s: %s", case["case"], ", ".join(f"{k}={case[k]:.4f}" for k in reported))
 
     mean, std = _aggregate(cases)
@@ -312,6 +322,7 @@ def evaluate_folders(
         "region": region,
         "head_mask": "given" if head_mask_dir is not None else "derived",
         "head_mask_dir": str(head_mask_dir) if head_mask_dir is not None else None,
+        "lesion_mask_dir": str(lesion_mask_dir) if lesion_mask_dir is not None else None,
         "modality": modality if modality is not None else "inferred",
         "n_cases": len(cases),
         "mean": mean,

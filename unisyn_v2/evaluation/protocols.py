@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Optional, Union
 
 import numpy as np
+from scipy import ndimage
 
 from unisyn_v2.evaluation.metrics import mae, psnr, ssim3d
 
@@ -90,6 +91,22 @@ def evaluate_reference_scaled(ref: np.ndarray, pred: np.ndarray, mask: Optional[
         "ssim": ssim3d(ref_s, pred_s, data_range=1.0, mask=mask),
         "mae": mae(ref_s, pred_s, mask=mask),
     }
+
+
+def lesion_psnr(ref: np.ndarray, pred: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> dict[str, float]:
+    """``lesion_psnr`` (inside the lesions), ``normal_psnr`` (the brain minus the lesions dilated by one voxel, so
+    partial-volume borders count for neither) and ``lesion_gap_db`` (normal - lesion), both images on the reference's
+    brain range as the ``reference`` protocol maps them: how much worse abnormal tissue is synthesised (issue 17)."""
+    brain = np.asarray(brain) > 0
+    inside = (np.asarray(lesion) > 0) & brain
+    normal = brain & ~ndimage.binary_dilation(np.asarray(lesion) > 0)
+    if not inside.any() or not normal.any():
+        return {}
+    lo, hi = reference_range(ref, brain)
+    ref_s = (np.asarray(ref, dtype=np.float64) - lo) / (hi - lo)
+    pred_s = (np.asarray(pred, dtype=np.float64) - lo) / (hi - lo)
+    in_lesion, in_normal = psnr(ref_s, pred_s, 1.0, mask=inside), psnr(ref_s, pred_s, 1.0, mask=normal)
+    return {"lesion_psnr": in_lesion, "normal_psnr": in_normal, "lesion_gap_db": in_normal - in_lesion}
 
 
 def synthrad_clip(image: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 
 from unisyn_v2.evaluation.figures import save_comparison_figure
 from unisyn_v2.evaluation.metrics import bone_metrics
-from unisyn_v2.evaluation.protocols import evaluate_pair
+from unisyn_v2.evaluation.protocols import evaluate_pair, lesion_psnr
 from unisyn_v2.models.rendering import finish_rendered_volume, rendering_network
 from unisyn_v2.models.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import write_json_atomic
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 QUANTILES = np.linspace(0.0, 1.0, 257)
 METRICS = ("psnr", "ssim", "mae", "papers_psnr", "papers_ssim")
+LESION_METRICS = ("lesion_psnr", "normal_psnr", "lesion_gap_db")  # only cases with lesions have them
 MAX_REFERENCE_CASES = 10
 
 
@@ -90,13 +91,15 @@ def histogram_match(source: np.ndarray, mask: np.ndarray, reference_quantiles: n
 
 
 def evaluate_in_mask(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray,
-                     head: np.ndarray | None = None, is_ct: bool = False) -> dict[str, float]:
+                     head: np.ndarray | None = None, is_ct: bool = False,
+                     lesion: np.ndarray | None = None) -> dict[str, float]:
     """``reference``-protocol PSNR / SSIM / MAE in the brain, plus the papers protocol's PSNR / SSIM (with
     the reference copied outside the brain, so only the brain differs).
 
     With ``head``: ``head_psnr`` / ``head_ssim`` / ``head_mae`` under the same protocol in the head mask. For CT
     (arrays in HU) also the SynthRAD view of the head (``head_mae_hu``, ``head_psnr_synthrad``) and the bone
-    (> 300 HU): ``bone_dice`` and ``bone_mae`` (HU, in the reference's bone)."""
+    (> 300 HU): ``bone_dice`` and ``bone_mae`` (HU, in the reference's bone). With ``lesion`` (a case whose
+    dataset.json names a lesion_mask, with lesions): ``lesion_psnr``, ``normal_psnr`` and ``lesion_gap_db``."""
     inside = mask > 0
     region = mask if inside.any() else None
     values = evaluate_pair(reference, prediction, "reference", region)
@@ -111,6 +114,8 @@ def evaluate_in_mask(reference: np.ndarray, prediction: np.ndarray, mask: np.nda
             synthrad = evaluate_pair(reference, prediction, "synthrad", head)
             result.update({"head_mae_hu": float(synthrad["mae"]), "head_psnr_synthrad": float(synthrad["psnr"]),
                            **{k: float(v) for k, v in bone_metrics(reference, prediction, mask=head).items()}})
+    if lesion is not None and np.any(lesion):
+        result.update(lesion_psnr(reference, prediction, mask, lesion))
     return result
 
 
@@ -126,13 +131,15 @@ def _json_number(value: float) -> float | str:
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float | str]:
     """Mean of every metric all rows hold (head and bone metrics exist only where a head mask / CT does;
-    a bone MAE is NaN for a reference without bone and left out of its mean)."""
+    a bone MAE is NaN for a reference without bone and left out of its mean); lesion metrics: the mean over the
+    cases with lesions."""
     if not rows:
         return {}
     keys = [k for k in rows[0] if all(k in r for r in rows)]
+    keys += [k for k in LESION_METRICS if k not in keys and any(k in r for r in rows)]
     means = {}
     for k in keys:
-        values = [float(r[k]) for r in rows if not (k == "bone_mae" and math.isnan(float(r[k])))]
+        values = [float(r[k]) for r in rows if k in r and not (k == "bone_mae" and math.isnan(float(r[k])))]
         means[k] = _json_number(float(np.mean(values))) if values else "nan"
     return means
 
@@ -191,7 +198,7 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                                        "target": channels[t].get("file")}
                 for name, candidate in candidates.items():  # all in the target's units (its normalised space in)
                     row[name] = evaluate_in_mask(reference_units, limit(to_output_units(candidate, channels[t], trainer)),
-                                                 case.mask, case.head, is_ct)
+                                                 case.mask, case.head, is_ct, case.lesion)
                 if key not in per_task and (figure_cap is None or figures < figure_cap):
                     figures += 1
                     name = f"{case_id}_{source_modality}_to_{target_modality}.png"
