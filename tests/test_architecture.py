@@ -17,3 +17,13 @@ def test_the_layers_contract_holds() -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "1 kept, 0 broken" in result.stdout
+
+
+def test_no_module_reaches_itself_through_its_imports() -> None:
+    """No file-level circles (predictor <-> parallel_prediction, synthesis_trainer <-> validation were two)."""
+    import grimp
+
+    graph = grimp.build_graph("unisyn_v2")
+    circles = sorted(f"{a} -> {b} -> ... -> {a}" for a in graph.modules for b in graph.find_modules_directly_imported_by(a)
+                     if graph.chain_exists(importer=b, imported=a))
+    assert not circles, "\n".join(circles)

@@ -26,7 +26,8 @@ from unisyn_v2.paths import preprocessed_dir, raw_dir
 from unisyn_v2.phantom import generate_phantom_dataset
 from unisyn_v2.training.checkpointing import find_resume_checkpoint
 from unisyn_v2.training.distributed import distributed_session, local_device
-from unisyn_v2.training.run_training import build_trainer, resolve_device
+from unisyn_v2.models.devices import resolve_device
+from unisyn_v2.training.run_training import build_trainer
 from unisyn_v2.training.settings import TrainerSettings
 from unisyn_v2.training.trainer_base import TrainerBase
 

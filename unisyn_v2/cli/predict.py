@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
-from unisyn_v2.inference.predictor import DEFAULT_CHECKPOINT, PredictionSettings, UniSynPredictor, find_model_folder
+from unisyn_v2.inference.model_discovery import DEFAULT_CHECKPOINT, find_model_folder
+from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 from unisyn_v2.models.rendering import rendering_network
 
 EPILOG = """\

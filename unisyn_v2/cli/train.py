@@ -11,7 +11,8 @@ from pathlib import Path
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
 from unisyn_v2.models.registry import TRAINERS
-from unisyn_v2.training.run_training import DEFAULT_PLANS_NAME, DEVICES, run_training, run_training_distributed
+from unisyn_v2.models.devices import DEVICES
+from unisyn_v2.training.run_training import DEFAULT_PLANS_NAME, run_training, run_training_distributed
 from unisyn_v2.training.settings import TrainerSettings, parse_task_filter
 
 

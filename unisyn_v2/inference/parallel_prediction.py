@@ -1,7 +1,7 @@
 """Predicting many cases in worker processes (``unisyn_predict -npp N``) with bounded memory.
 
-Each worker loads the model once (from the model folder when the predictor came from one, else from a
-pickled copy of the predictor) and then holds one case at a time (:func:`unisyn_v2.parallel.map_cases`),
+Each worker loads the model once (with the predictor's ``recipe``, a picklable call that loads it from its
+model folder, when the predictor came from one; else from a pickled copy of the predictor) and then holds one case at a time (:func:`unisyn_v2.parallel.map_cases`),
 so at most N cases are in memory whatever the number of inputs. A worker that dies is reported with
 the case it was predicting; cases already written stay written (``--continue_prediction`` resumes).
 """
@@ -12,7 +12,7 @@ import os
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -27,7 +27,7 @@ class PredictionJob:
     """What a worker needs (picklable): how to get the predictor, the cases and the target."""
 
     token: str
-    recipe: tuple[str, list[str], str, str] | None  # (model folder, folds, checkpoint, device)
+    recipe: Callable[..., Any] | None  # builds the predictor in the worker: recipe(settings=...)
     predictor: Any  # used when there is no recipe
     settings: Any
     cases: dict[str, InputCase]
@@ -42,10 +42,7 @@ def _predictor_of(job: PredictionJob) -> Any:
     if predictor is None:
         torch.set_num_threads(job.threads)
         if job.recipe is not None:
-            from unisyn_v2.inference.predictor import UniSynPredictor
-
-            folder, folds, checkpoint, device = job.recipe
-            predictor = UniSynPredictor.from_model_folder(folder, folds, checkpoint, device, job.settings)
+            predictor = job.recipe(settings=job.settings)
         else:
             predictor = job.predictor
             predictor.settings = job.settings

@@ -10,18 +10,18 @@ The command line (``unisyn_predict``) is a thin layer over :meth:`UniSynPredicto
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from unisyn_v2.contracts.model_layout import FINAL_CHECKPOINT, NAME_SEPARATOR, ModelFolderName, ModelLayout
-from unisyn_v2.dataset.ids import resolve_dataset_name
+from unisyn_v2.contracts.model_layout import ModelLayout
 from unisyn_v2.dataset.image_io import Geometry, count_nonfinite_voxels, read_image
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.inference.export import (
@@ -30,22 +30,22 @@ from unisyn_v2.inference.export import (
 from unisyn_v2.inference.inputs import (
     DescriptionSpec, InputCase, InputError, InputImage, choose_source, discover_cases, parse_description_spec,
 )
+from unisyn_v2.inference.model_discovery import DEFAULT_CHECKPOINT, available_folds, load_fold
+from unisyn_v2.inference.model_vocabulary import ModelVocabulary
 from unisyn_v2.inference.qmaps import write_qmaps
+from unisyn_v2.models.devices import resolve_device
 from unisyn_v2.models.rendering import finish_rendered_volume, rendering_network
 from unisyn_v2.models.sliding_window import sliding_window_predict
 from unisyn_v2.io_utils import check_writable_folder, remove_stale_temp_files
-from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.networks.slice_adapter import SlicesAsChannels
-from unisyn_v2.paths import results_dir
 from unisyn_v2.preprocessing.case_preprocessor import normalizer_for, preprocess_case, with_header_voxel_size
 from unisyn_v2.preprocessing.foreground import case_foreground
 from unisyn_v2.preprocessing.normalization import NormalizationParameters
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = FINAL_CHECKPOINT
 
 
 @dataclass
@@ -63,55 +63,6 @@ class PredictionSettings:
     slab_z_step: int | None = 1  # 2.5D: a slab at every z slice (no seams at slab borders); None: step_size along z too
     export_qmaps: bool = False  # qMRI models (gfm_qmri): also write the effective PD/T1/T2/T2* maps (inference.qmaps)
     output_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm: write on a new grid (inference.output_grid)
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
-    text = str(name)
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    device = torch.device(text)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("--device mps: MPS is not available; use --device cpu or auto")
-    return device
-
-
-def find_model_folder(dataset: str | int, trainer: str, configuration: str, plans_name: str = "unisynPlans") -> Path:
-    """``results/<Dataset>/<Trainer>[_<tasks>]__<plans>__<config>``; ``trainer``: short name, class name or dotted path."""
-    from unisyn_v2.models.registry import UnknownTrainerError, trainer_dotted_path
-
-    try:
-        class_name = trainer_dotted_path(trainer).rpartition(":")[2].rpartition(".")[2]
-    except UnknownTrainerError:
-        class_name = trainer
-    root = results_dir() / resolve_dataset_name(dataset)
-    folders = sorted(p for p in root.glob(f"*{NAME_SEPARATOR}{plans_name}{NAME_SEPARATOR}{configuration}") if p.is_dir()) \
-        if root.is_dir() else []
-    matches = [p for p in folders if ModelFolderName.parse(p.name).belongs_to(class_name)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        available = ", ".join(p.name for p in sorted(root.iterdir()) if p.is_dir()) if root.is_dir() else "none"
-        raise FileNotFoundError(f"no model folder for trainer {trainer!r} ({class_name}), plans {plans_name}, configuration "
-                                f"{configuration} in {root} (available: {available}); train it first or pass -m MODEL_FOLDER")
-    raise LookupError(f"trainer {trainer!r} matches several model folders ({', '.join(p.name for p in matches)}); pass -m")
-
-
-def available_folds(model_folder: Path, checkpoint_name: str = DEFAULT_CHECKPOINT) -> list[str]:
-    """The default ensemble: numbered folds holding the checkpoint, else ``all`` when it holds it."""
-    return ModelLayout(model_folder).folds_holding(checkpoint_name)
-
-
-def load_fold(model_folder: Path, fold: int | str, checkpoint_name: str, device: torch.device) -> tuple[Any, Any, dict[str, Any], Plans]:
-    """One fold through the trainers' loader (imported here: the training package may import inference)."""
-    from unisyn_v2.models.folder import load_trained_model
-
-    return load_trained_model(model_folder, fold, checkpoint_name, device)
 
 
 class UniSynPredictor:
@@ -138,7 +89,8 @@ class UniSynPredictor:
         self.conditioner = conditioner.to(self.device) if conditioner is not None and hasattr(conditioner, "to") else conditioner
         self.networks = [self._prepare(net) for net in networks]
         self.model_description = dict(model_description or {"configuration": configuration, "plans": plans.plans_name})
-        self.recipe: tuple[str, list[str], str, str] | None = None  # (folder, folds, checkpoint, device): -npp workers reload
+        # -npp workers rebuild the predictor with recipe(settings=...) (a picklable partial of from_model_folder)
+        self.recipe: Callable[..., "UniSynPredictor"] | None = None
 
     def _prepare(self, network: nn.Module) -> nn.Module:
         if self.configuration.is_slab and not isinstance(network, SlicesAsChannels):
@@ -168,67 +120,41 @@ class UniSynPredictor:
         from unisyn_v2.models.registry import BUILTIN_TRAINERS
 
         if info.get("trainer_class") in BUILTIN_TRAINERS.values():  # else a fresh -npp worker would not know it: pickle
-            predictor.recipe = (str(folder), fold_list, checkpoint_name, str(dev))
+            predictor.recipe = functools.partial(cls.from_model_folder, str(folder), fold_list, checkpoint_name, str(dev))
         return predictor
 
-    # ------------------------------------------------------------ vocabulary
+    # ------------------------------------------------------------ vocabulary (inference/model_vocabulary.py)
+    @property
+    def vocabulary(self) -> ModelVocabulary:
+        """What the model knows of modalities and prompts (built on demand: the conditioner may be replaced)."""
+        return ModelVocabulary(self.plans, self.trainer_info, self.conditioner)
+
     @property
     def trained_modalities(self) -> list[str]:
-        """Modalities the model saw in training (trainer.json, else the plans)."""
-        return list(self.trainer_info.get("modalities") or self.plans.modalities)
+        return self.vocabulary.trained_modalities
 
     @property
     def trained_tasks(self) -> set[tuple[str, str]] | None:
-        """(source, target) pairs trained on, when trainer.json records them."""
-        tasks = self.trainer_info.get("tasks")
-        if not tasks:
-            return None
-        return {tuple(t.split("->")) if isinstance(t, str) else tuple(t) for t in tasks}  # type: ignore[misc]
+        return self.vocabulary.trained_tasks
+
+    @property
+    def prompt_style(self) -> str:
+        return self.vocabulary.prompt_style
 
     def typical_metadata(self, modality: str) -> dict[str, Any]:
-        """Typical acquisition of a modality in the training set (what a bare name means)."""
-        typical = self.trainer_info.get("typical_metadata") or self.plans.typical_metadata
-        return dict(typical.get(modality, {}))
+        return self.vocabulary.typical_metadata(modality)
 
     def resolve_target(self, target: str | Path | DescriptionSpec) -> DescriptionSpec:
-        """Parse and check a target: unknown modality -> error; unseen -> warning; no units -> error."""
-        spec = target if isinstance(target, DescriptionSpec) else parse_description_spec(target)
-        if spec.modality not in self.plans.normalization:
-            raise InputError(f"target {spec.modality}: the model's plans have no normalisation for it, so its units "
-                             f"cannot be restored; this model can synthesise {', '.join(self.trained_modalities)}")
-        codes = getattr(self.conditioner, "modalities", None)
-        if getattr(self.conditioner, "kind", None) == "onehot" and codes is not None and spec.modality not in codes:
-            raise InputError(f"target {spec.modality}: this one-hot model has no code for it; it knows {', '.join(codes)}")
-        targets = {t for _, t in self.trained_tasks or ()}
-        if self.conditioner is None and targets and spec.modality not in targets:
-            raise InputError(f"target {spec.modality}: this model takes no prompt and only synthesises {', '.join(sorted(targets))}")
-        problems = spec.metadata.problems(spec.modality)
-        if problems:  # a TR of 2.3 "ms" in a --target prompt or JSON is a unit slip, not a protocol to synthesise
-            raise InputError(f"target {spec.modality}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-        if spec.modality not in self.trained_modalities:
-            logger.warning("target %s was never seen in training (seen: %s); the synthesis is an extrapolation",
-                           spec.modality, ", ".join(self.trained_modalities))
-        return spec
+        return self.vocabulary.resolve_target(target)
 
     def describe_source(self, image: InputImage) -> ImageDescription:
-        """The source's description; an image with no metadata at all gets its modality's typical metadata."""
-        description = image.description
-        if not image.metadata_given:  # the voxel size stays the header's (filled by the caller)
-            typical = {k: v for k, v in self.typical_metadata(description.modality).items() if k != "voxel_size"}
-            if image.typical_asked:  # --source NAME means exactly this (README: the typical metadata fills the prompt)
-                logger.info("%s: --source %s: the typical %s acquisition of the training set: %s", image.path.name,
-                            description.modality, description.modality, typical or "none recorded")
-            else:
-                logger.warning("%s: no metadata (no sidecar, no --source prompt/JSON); assuming the typical %s acquisition "
-                               "of the training set: %s", image.path.name, description.modality, typical or "none recorded")
-            description = replace(description, metadata=ImageMetadata.from_dict(typical).merged_with(description.metadata))
-        return description
+        return self.vocabulary.describe_source(image)
 
     def target_description(self, spec: DescriptionSpec, source: ImageDescription) -> ImageDescription:
-        """Target = spec (+ typical metadata) for the source's subject on the source's voxel grid."""
-        metadata = replace(spec.with_typical(self.typical_metadata(spec.modality)),
-                           voxel_size=spec.metadata.voxel_size or source.metadata.voxel_size)  # given, else the output grid's
-        return ImageDescription(spec.modality, metadata, spec.subject if spec.subject is not None else source.subject)
+        return self.vocabulary.target_description(spec, source)
+
+    def check_prompts(self, case_id: str, source: ImageDescription, target: ImageDescription) -> None:
+        self.vocabulary.check_prompts(case_id, source, target)
 
     def _mirror_axes(self) -> tuple[int, ...]:
         if self.settings.mirror_axes is not None:
@@ -283,22 +209,6 @@ class UniSynPredictor:
         normalizer = normalizer_for(self.plans, source.modality)
         pad = float(normalizer.forward(np.array([normalizer.background_value], np.float32), params)[0])
         return self.predict_normalized(data, source, target, pad_value=pad, mask=arrays.mask > 0), properties
-
-    def check_prompts(self, case_id: str, source: ImageDescription, target: ImageDescription) -> None:
-        """Fail before any work when a prompt does not fit the text encoder's context (224 tokens by default)."""
-        tokenizer = getattr(self.conditioner, "tokenizer", None)
-        if tokenizer is None:  # one-hot or prompt-free models read no prompt
-            return
-        for role, description in (("source", source), ("target", target)):
-            try:
-                tokenizer.encode(description.prompt(self.prompt_style))
-            except ValueError as error:
-                raise InputError(f"case {case_id}: the {role} ({description.modality}) {error}") from None
-
-    @property
-    def prompt_style(self) -> str:
-        """How the model's text encoder writes missing values in prompts (legacy for encoders saved before the styles)."""
-        return getattr(getattr(self.conditioner, "tokenizer", None), "prompt_style", "compact")
 
     def settings_description(self) -> dict[str, Any]:
         """Sliding-window settings for the sidecar."""

@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from unisyn_v2.dataset.image_io import Geometry, write_image
-from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import write_json_atomic
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.models.rendering import rendering_network
-from unisyn_v2.networks.qmri_head import MAP_NAMES, REFERENCE_FIELD_T, QMRINetwork, has_signal_model
-from unisyn_v2.preprocessing.case_preprocessor import normalizer_for, preprocess_case
+from unisyn_v2.networks.qmri_head import MAP_NAMES, REFERENCE_FIELD_T, has_signal_model
+from unisyn_v2.preprocessing.case_preprocessor import preprocess_case
 from unisyn_v2.preprocessing.cropping import bbox_from_list, uncrop
 from unisyn_v2.preprocessing.resampling import resample_to_shape
 

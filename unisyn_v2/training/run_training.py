@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from unisyn_v2.models.devices import resolve_device
 from unisyn_v2.dataset.ids import resolve_dataset_name
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.paths import preprocessed_dir, results_dir
@@ -22,29 +23,6 @@ from unisyn_v2.training.trainer_base import TrainerBase
 
 logger = logging.getLogger(__name__)
 DEFAULT_PLANS_NAME = "unisynPlans"
-DEVICES = ("auto", "cuda", "mps", "cpu")
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an unavailable device is an error."""
-    if isinstance(name, torch.device):
-        return name
-    name = str(name).lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available to this torch build (use cpu or auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("--device mps: MPS is not available on this machine (use cpu or auto)")
-    return torch.device(name)
-
-
 def parse_fold(fold: int | str | None) -> int | str | None:
     """``0``..``n``, ``"3"`` or ``"all"``."""
     if fold is None or fold == "all":

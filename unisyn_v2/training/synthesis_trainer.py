@@ -43,6 +43,7 @@ from unisyn_v2.training.liif_training import liif_train_step
 from unisyn_v2.training.losses import brain_weight, patch_psnr, patch_ssim, weighted_l1
 from unisyn_v2.training.settings import TrainerSettings, task_key
 from unisyn_v2.training.trainer_base import TrainerBase
+from unisyn_v2.training.validation import run_final_validation
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,5 @@ class SynthesisTrainer(TrainerBase):
 
     def final_validation(self) -> dict[str, Any] | None:
         """Sliding-window validation of the held-out cases -> fold_N/validation/summary.json."""
-        from unisyn_v2.training.validation import run_final_validation
-
         self.final_summary = run_final_validation(self)
         return self.final_summary

@@ -21,11 +21,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from unisyn_v2.contracts.model_layout import ModelLayout
+from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.evaluation.figures import save_comparison_figure
 from unisyn_v2.evaluation.metrics import bone_metrics
 from unisyn_v2.evaluation.protocols import evaluate_pair, lesion_psnr
@@ -39,10 +42,29 @@ from unisyn_v2.preprocessing.case_preprocessor import normalizer_for
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
 from unisyn_v2.preprocessing.normalization import NormalizationParameters
 from unisyn_v2.training.data.cases import description_from_channel
-from unisyn_v2.training.settings import task_key
+from unisyn_v2.training.settings import TrainerSettings, task_key
 
-if TYPE_CHECKING:
-    from unisyn_v2.training.synthesis_trainer import SynthesisTrainer
+class SynthesisTrainer(Protocol):
+    """What validation reads of a synthesis trainer (a protocol, so this module does not import the trainer,
+    which calls it)."""
+
+    plans: Plans
+    network: torch.nn.Module
+    conditioner: Any
+    settings: TrainerSettings
+    layout: ModelLayout
+    fold: int | str
+    configuration: str
+    dataset_name: str
+    data_folder: Path
+    train_cases: list[str]
+    val_cases: list[str]
+    tasks: Any
+    patch_size: tuple[int, ...]
+    batch_size: int
+    is_slab: bool
+    device: torch.device
+    current_epoch: int
 
 logger = logging.getLogger(__name__)
 QUANTILES = np.linspace(0.0, 1.0, 257)
@@ -54,8 +76,10 @@ MAX_REFERENCE_CASES = 10
 def predict_volume(network: torch.nn.Module, conditioner: Any, source: np.ndarray, source_description: ImageDescription,
                    target_description: ImageDescription, patch_size: tuple[int, ...], device: torch.device,
                    tile_batch_size: int = 4, step_size: float = 0.5, mask: np.ndarray | None = None,
-                   plans: Any = None) -> np.ndarray:
+                   plans: Any = None, z_step: int | None = None) -> np.ndarray:
     """Synthesise a whole (Z, Y, X) volume with a volume-level network ((B, 1, *patch) in and out).
+
+    ``z_step=1`` places a 2.5D slab at every slice, as the predictor does, so validation scores the seam-free blend.
 
     A qMRI network's rendered MR volume is put on the contract's scale in ``mask`` with ``plans``' normaliser."""
     device = torch.device(device)
@@ -71,7 +95,7 @@ def predict_volume(network: torch.nn.Module, conditioner: Any, source: np.ndarra
 
     image = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None]
     result = sliding_window_predict(image, predictor, patch_size, step_size=step_size, tile_batch_size=tile_batch_size,
-                                    device=device)
+                                    device=device, z_step=z_step)
     if plans is not None and rendering_network(network) is not None:
         return finish_rendered_volume(network, result[0].numpy(), mask, target_description, plans)
     return result[0].numpy()
@@ -119,7 +143,7 @@ def evaluate_in_mask(reference: np.ndarray, prediction: np.ndarray, mask: np.nda
     return result
 
 
-def to_output_units(array: np.ndarray, channel: dict[str, Any], trainer: "SynthesisTrainer") -> np.ndarray:
+def to_output_units(array: np.ndarray, channel: dict[str, Any], trainer: SynthesisTrainer) -> np.ndarray:
     """A normalised array in the units of the image ``channel`` describes (case properties' channel entry)."""
     normalizer = normalizer_for(trainer.plans, channel["modality"])
     return normalizer.inverse(array, NormalizationParameters.from_dict(channel["normalization"]))
@@ -144,7 +168,7 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float | str]:
     return means
 
 
-def _reference_quantiles(trainer: "SynthesisTrainer") -> dict[str, np.ndarray]:
+def _reference_quantiles(trainer: SynthesisTrainer) -> dict[str, np.ndarray]:
     """Mean brain quantiles of each modality over (at most MAX_REFERENCE_CASES) training cases."""
     collected: dict[str, list[np.ndarray]] = {}
     for case_id in trainer.train_cases:
@@ -155,7 +179,7 @@ def _reference_quantiles(trainer: "SynthesisTrainer") -> dict[str, np.ndarray]:
     return {m: np.mean(q, axis=0) for m, q in collected.items()}
 
 
-def _allowed(trainer: "SynthesisTrainer", source: ImageDescription, target: ImageDescription) -> bool:
+def _allowed(trainer: SynthesisTrainer, source: ImageDescription, target: ImageDescription) -> bool:
     """A pair to validate: another modality, or the same one at another protocol (as the pair sampler)."""
     if source.modality.lower() == target.modality.lower() and source.prompt() == target.prompt():
         return False
@@ -163,7 +187,7 @@ def _allowed(trainer: "SynthesisTrainer", source: ImageDescription, target: Imag
                                         for s, t in trainer.tasks)
 
 
-def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
+def run_final_validation(trainer: SynthesisTrainer) -> dict[str, Any]:
     """Validate ``trainer``'s current network on its fold's validation cases; write and return the summary."""
     started = time.perf_counter()
     out_dir = trainer.layout.validation(trainer.fold)
@@ -186,7 +210,8 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
                 with torch.no_grad():
                     prediction = predict_volume(network, trainer.conditioner, source, descriptions[s], descriptions[t],
                                                 trainer.patch_size, trainer.device, tile_batch_size=2 * trainer.batch_size,
-                                                mask=case.mask > 0, plans=trainer.plans)
+                                                mask=case.mask > 0, plans=trainer.plans,
+                                                z_step=1 if trainer.is_slab else None)
                 candidates = {"model": prediction, "identity": source}
                 if target_modality in references:
                     candidates["histogram_matching"] = histogram_match(source, case.mask, references[target_modality])
@@ -217,7 +242,7 @@ def run_final_validation(trainer: "SynthesisTrainer") -> dict[str, Any]:
     return summary
 
 
-def _summarise(trainer: "SynthesisTrainer", per_task: dict[str, list[dict[str, Any]]], seconds: float) -> dict[str, Any]:
+def _summarise(trainer: SynthesisTrainer, per_task: dict[str, list[dict[str, Any]]], seconds: float) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     for key, rows in sorted(per_task.items()):
         baselines = {name: _mean([r[name] for r in rows if name in r]) for name in ("identity", "histogram_matching")}
