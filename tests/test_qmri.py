@@ -139,6 +139,22 @@ def test_fit_to_target_is_the_per_item_affine_least_squares_with_nonnegative_sca
     torch.testing.assert_close(passed[1], s[1])
 
 
+def test_gain_only_fit_keeps_tissue_ratios() -> None:
+    """With the target's p_low / p_high the fit has one gain: the contract of a gain x rendering is recovered exactly,
+    and a rendering with the right tissue order but compressed contrast is no longer fitted (the affine fit is)."""
+    s = torch.rand(2, 1, 8, 8) + 0.1
+    raw = 7.0 * s
+    p_high = torch.stack([torch.quantile(raw[i], 0.995) for i in range(2)])
+    p_low = torch.stack([torch.quantile(raw[i], 0.005) for i in range(2)])
+    target = (raw - p_low.view(-1, 1, 1, 1)) / (p_high - p_low).view(-1, 1, 1, 1)
+    ratio = p_low / p_high
+    mask = torch.ones_like(s)
+    torch.testing.assert_close(fit_to_target(s, target, mask, None, ratio), target, rtol=1e-4, atol=1e-4)
+    compressed = 0.5 + 0.01 * s  # same order, 1/100 of the contrast on a large baseline
+    torch.testing.assert_close(fit_to_target(compressed, target, mask), target, rtol=1e-3, atol=1e-3)
+    assert float((fit_to_target(compressed, target, mask, None, ratio) - target).abs().mean()) > 0.1
+
+
 def test_finish_rendered_volume_applies_the_mri_contract() -> None:
     from test_predictor_support import make_plans
     from unisyn_v2.models.rendering import finish_rendered_volume

@@ -225,16 +225,31 @@ class QMRINetwork(nn.Module):
         return torch.stack([maps["pd"], maps["t1"], maps["t2"], maps["t2s"]], dim=1)
 
 
-def fit_to_target(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-    """Per item, the affine map a s + b (a >= 0) of ``prediction`` closest to ``target`` in ``mask`` (least squares).
+def fit_to_target(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None = None,
+                  low_over_high: torch.Tensor | None = None) -> torch.Tensor:
+    """A rendered ``prediction`` (PD units) on its normalised ``target``'s scale: the least-squares fit in ``mask``.
 
-    The MRI contract scales each image by its own brain percentiles, which a patch cannot know; an exact
-    rendering differs from its normalised target by exactly such a map, so training compares after it.
-    ``items`` (B,) bool limits the fit to those items (the others pass through). Differentiable.
+    The MRI contract maps each image's brain p0.5 / p99.5 (``p_low``, ``p_high``) to 0 / 1, which a patch
+    cannot know. With ``low_over_high`` (B,) = p_low / p_high of each target (its preprocessing records
+    them), the target is taken back to raw units over p_high, ``t (1 - r) + r``, the rendering gets one
+    gain a >= 0 (the receiver's: signal ratios between tissues are kept, so the maps' contrast must be
+    physically right, not merely ordered) and returns on the contract's scale, ``(a s - r) / (1 - r)``.
+    Without it: a free affine map a s + b (a >= 0), which fits any rendering with the right tissue order
+    and leaves the maps' dynamic range undetermined (the first configuration measured). ``items`` (B,)
+    bool limits the fit to those items (the others pass through). Differentiable.
     """
     dims = tuple(range(1, prediction.ndim))
     w = mask.to(prediction.dtype).expand_as(prediction) + 1e-3  # nearly only the brain, never an empty fit
     total = w.sum(dims, keepdim=True)
+    if low_over_high is not None:
+        r = low_over_high.to(prediction.dtype).clamp(0.0, 0.95).reshape(-1, *([1] * (prediction.ndim - 1)))
+        raw = target * (1.0 - r) + r
+        gain = ((w * prediction * raw).sum(dims, keepdim=True)
+                / ((w * prediction * prediction).sum(dims, keepdim=True) + 1e-12 * total)).clamp_min(0.0)
+        fitted = (gain * prediction - r) / (1.0 - r)
+        if items is None:
+            return fitted
+        return torch.where(items.reshape(-1, *([1] * (prediction.ndim - 1))), fitted, prediction)
     mean_p = (w * prediction).sum(dims, keepdim=True) / total
     mean_t = (w * target).sum(dims, keepdim=True) / total
     centred = prediction - mean_p

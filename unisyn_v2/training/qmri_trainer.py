@@ -3,10 +3,12 @@
 Same data, schedule and cyclic objective as :class:`~unisyn_v2.training.gfm_trainer.GFMTrainer`; the
 network is :class:`~unisyn_v2.networks.qmri_head.QMRINetwork` and the conditioner appends the sequence
 parameters to NeuroCLIP's embedding. An MR synthesis (a rendered signal in PD units) enters the L1 after
-the per-item least-squares affine fit to its target in the brain (``qmri_head.fit_to_target``): the MRI
-contract normalises each image by its own brain percentiles, which a training patch cannot see. Trained
-on target images only; no quantitative map is ever a training signal. The patch validation metric uses
-the same fit; the final validation and prediction normalise the whole rendered volume like the contract.
+a per-item least-squares gain fitted in the brain against its target taken back to raw units over its
+p99.5 (``qmri_head.fit_to_target`` with the image's p_low / p_high from the preprocessed properties): the
+MRI contract normalises each image by its own brain percentiles, which a training patch cannot see, and
+one gain keeps the tissue signal ratios that pin the maps down. Trained on target images only; no
+quantitative map is ever a training signal. The patch validation metric uses the same fit; the final
+validation and prediction normalise the whole rendered volume like the contract.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from unisyn_v2.contracts.plans import Plans
-from unisyn_v2.networks.qmri_head import PhysicsTextConditioner, QMRINetwork, build_qmri_network, fit_to_target
+from unisyn_v2.io_utils import read_json
+from unisyn_v2.networks.qmri_head import (
+    PhysicsTextConditioner, QMRINetwork, build_qmri_network, fit_to_target, has_signal_model,
+)
 from unisyn_v2.training.gfm_trainer import GFMTrainer
 from unisyn_v2.training.losses import patch_psnr, patch_ssim, weighted_l1
 
@@ -29,6 +35,7 @@ class QMRITrainer(GFMTrainer):
     network_kind: ClassVar[str] = "gfm_qmri"
     conditioning: ClassVar[str] = "text"
     qmap_hidden: ClassVar[tuple[int, ...]] = (64, 64)
+    _ratios: dict[tuple[str, str], float] | None = None
 
     def build_conditioner(self) -> Any:
         """NeuroCLIP's text conditioner (stage 1) with the physics numbers appended."""
@@ -50,21 +57,41 @@ class QMRITrainer(GFMTrainer):
         accepted = inspect.signature(build_qmri_network).parameters  # the plans also hold other kinds' kwargs (num_heads)
         return build_qmri_network(**{k: v for k, v in network["kwargs"].items() if k in accepted})
 
-    def _fitted(self, prediction: Any, target: Any, mask: Any, embedding: Any) -> Any:
-        return fit_to_target(prediction, target, mask, QMRINetwork.rendered_items(embedding))
+    def low_over_high(self, case_ids: list[str], descriptions: list[Any]) -> torch.Tensor:
+        """p_low / p_high of each item's image (its MRI normalisation, from the preprocessed properties)."""
+        if self._ratios is None:
+            self._ratios = {}
+            for case_id in [*self.train_cases, *self.val_cases]:
+                channels = read_json(self.data_folder / f"{case_id}.json")["channels"]
+                for channel in channels:
+                    values = channel.get("normalization", {}).get("values", {})
+                    if channel.get("normalization", {}).get("scheme") == "mri_percentile" and values.get("p_high", 0) > 0:
+                        self._ratios[(case_id, channel["prompt"])] = max(0.0, values["p_low"] / values["p_high"])
+        for case_id, description in zip(case_ids, descriptions):
+            if has_signal_model(description) and (case_id, description.prompt()) not in self._ratios:
+                raise ValueError(f"{self.data_folder / case_id}.json: field channels.normalization: no MRI percentiles "
+                                 f"recorded for the image {description.prompt()!r}")
+        return torch.tensor([self._ratios.get((c, d.prompt()), 0.0) for c, d in zip(case_ids, descriptions)],
+                            device=self.device)
+
+    def _fitted(self, prediction: Any, target: Any, mask: Any, embedding: Any, ratio: Any) -> Any:
+        return fit_to_target(prediction, target, mask, QMRINetwork.rendered_items(embedding), ratio)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """The GFM's cyclic step; MR syntheses are rendered, then affinely fitted to their targets."""
         def forward(network: Any, b: dict[str, Any]) -> Any:
             anatomy_source = network.encode_anatomy(b["source"], b["source_text"])
             anatomy_target = network.encode_anatomy(b["target"], b["target_text"])
-            target_hat = self._fitted(network.decode(anatomy_source, b["target_text"]), b["target"], b["mask"], b["target_text"])
+            target_hat = self._fitted(network.decode(anatomy_source, b["target_text"]), b["target"], b["mask"],
+                                      b["target_text"], b["target_ratio"])
             source_hat = self._fitted(network.decode(anatomy_target, b["source_text"]), b["source_clean"], b["mask"],
-                                      b["source_text"])
+                                      b["source_text"], b["source_ratio"])
             return self.cyclic_loss(target_hat, b["target"], source_hat, b["source_clean"], anatomy_source, anatomy_target,
                                     b["weight"], b.get("source_weight", b["weight"]))
 
         b = self.batch_to_device(batch)
+        b["target_ratio"] = self.low_over_high(batch["case_ids"], batch["target_descriptions"])
+        b["source_ratio"] = self.low_over_high(batch["case_ids"], batch["source_descriptions"])
         with self.autocast():
             terms = self.run_network(forward, b)
         self.optimize(terms.total)
@@ -76,7 +103,8 @@ class QMRITrainer(GFMTrainer):
         b = self.batch_to_device(batch)
         with self.autocast():
             raw = self.network(b["source"], b["source_text"], b["target_text"]).synthesis.float()
-        prediction = self._fitted(raw, b["target"], b["mask"], b["target_text"])
+        ratio = self.low_over_high(batch["case_ids"], batch["target_descriptions"])
+        prediction = self._fitted(raw, b["target"], b["mask"], b["target_text"], ratio)
         return {"loss": float(weighted_l1(prediction, b["target"], b["weight"])),
                 "psnr": float(patch_psnr(prediction, b["target"], mask=b["mask"])),
                 "ssim": float(patch_ssim(prediction, b["target"]))}
