@@ -60,6 +60,7 @@ class DemoOptions:
     planner: str = "auto"
     trainer: str = "gfm"
     all_tasks: bool = False  # train every direction between DEMO_MODALITIES, not only the demo's
+    plan_choices: api.PlanChoices | None = None  # choices over the preset's (e.g. the loss region per family)
     output: Path = field(default_factory=lambda: Path("unisyn_demo_output"))
 
 
@@ -160,7 +161,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Run every stage; returns where the outputs went and the headline metrics."""
     output = options.output.resolve()
     raw_root = _ensure_phantom(options)
-    plans = api.plan_and_preprocess(options.dataset_id, planner=options.planner, gpu_memory_gb=options.gpu_memory_gb)
+    plans = api.plan_and_preprocess(options.dataset_id, planner=options.planner, gpu_memory_gb=options.gpu_memory_gb,
+                                    choices=options.plan_choices)
     stage1 = TrainerSettings(num_epochs=options.neuroclip_epochs)
     clip_trainer = _train_stage(options.dataset_id, "neuroclip", None, options.device, stage1)
     stage2 = TrainerSettings(num_epochs=demo_epochs(options, plans.training.num_epochs), iterations_per_epoch=options.iterations_per_epoch,
