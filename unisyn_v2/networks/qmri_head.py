@@ -10,9 +10,9 @@ targets (and MR modalities without a signal model) keep the GFM's decoder.
 
 The rendered image is a physical signal in PD units, not the MRI contract's normalised scale (brain
 0.5/99.5th percentiles -> 0/1), which depends on the whole image. So: training compares it with the
-target patch after a per-item least-squares affine fit in the brain (:func:`fit_to_target`, scale >= 0),
-exact when the maps are right up to the global scale; prediction renders the whole volume and applies
-the contract itself (``unisyn_v2.inference.qmaps.finish_rendered_volume``).
+target patch after one least-squares gain in the brain against the target taken back to raw units
+(:func:`fit_to_target` with the image's p_low / p_high), exact when the maps are right; prediction renders
+the whole volume and applies the contract itself (``unisyn_v2.models.rendering.finish_rendered_volume``).
 
 The sequence parameters reach the network appended to the text embedding: :class:`PhysicsTextConditioner`
 wraps the NeuroCLIP :class:`~unisyn_v2.networks.conditioners.TextConditioner` and adds
