@@ -76,3 +76,44 @@ def test_invalid_arguments() -> None:
         estimate_training_memory_bytes(lambda: torch.nn.Conv2d(1, 1, 1), [(1, 1, 4, 4)], 2, optimizer="lion")
     with pytest.raises(ValueError):
         estimate_training_memory_bytes(lambda: torch.nn.Conv2d(1, 1, 1), [(1, 1, 4, 4)], 0)
+
+
+def _saved_bytes_of_a_real_step(network: torch.nn.Module, inputs: list[torch.Tensor]) -> int:
+    parameters = {p.untyped_storage().data_ptr() for p in network.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        network(*inputs)
+    return sum(size for pointer, size in storages.items() if pointer not in parameters)
+
+
+@pytest.mark.parametrize("kind", ["gfm", "crossattn"])
+def test_meta_saved_bytes_equal_a_real_cpu_steps(kind: str) -> None:
+    from unisyn_v2.experiment_planning.memory import count_saved_activation_bytes
+
+    kwargs = {**TINY, "num_heads": 2}
+    torch.manual_seed(0)
+    network = build_synthesis_network(kind, kwargs).train()
+    real = _saved_bytes_of_a_real_step(network, [torch.randn(3, 8, 24, 24), torch.randn(3, 6), torch.randn(3, 6)])
+    with torch.device("meta"):
+        meta_network = build_synthesis_network(kind, kwargs).train()
+    meta_inputs = [torch.empty(3, 8, 24, 24, device="meta"), torch.empty(3, 6, device="meta"), torch.empty(3, 6, device="meta")]
+    assert abs(count_saved_activation_bytes(meta_network, meta_inputs, "fp32") - real) <= 0.01 * real
+
+
+def test_half_precision_saves_about_half_the_activations_and_the_same_weights() -> None:
+    kwargs = paper_gfm_kwargs()
+    shapes = [(1, 8, 64, 64), (1, 1536), (1, 1536)]
+    fp32, fp16 = (estimate_training_memory_bytes(lambda: build_synthesis_network("gfm", kwargs), shapes, 8,
+                                                 forward_passes=2, precision=p) for p in ("fp32", "fp16"))
+    assert fp16.precision == "fp16" and fp32.precision == "fp32"
+    assert fp16.parameters_bytes == fp32.parameters_bytes and fp16.optimizer_state_bytes == fp32.optimizer_state_bytes
+    assert 0.5 * fp32.activations_bytes < fp16.activations_bytes < 0.75 * fp32.activations_bytes
+    saved_share = fp32.total_bytes - fp16.total_bytes
+    assert 0.25 * fp32.activations_bytes < saved_share < 0.5 * fp32.activations_bytes  # the activations' share only
+    with pytest.raises(ValueError, match="precision"):
+        estimate_training_memory_bytes(lambda: torch.nn.Conv2d(1, 1, 1), [(1, 1, 4, 4)], 2, precision="fp8")

@@ -173,3 +173,23 @@ def test_memory_estimate_covers_the_heavier_of_gfm_and_crossattn() -> None:
     assert two >= 16 * parameters["crossattn"]  # the crossattn's optimiser state alone fits under the estimate
     one_feature_map = 4 * kwargs["feature_dim"] * patch[1] * patch[2]  # fp32 bytes of one sample's f0
     assert four - two >= 2 * 2 * one_feature_map  # two more samples, two forward passes, at least f0 each
+
+def _one_modality_fingerprint() -> dict:
+    case = {"spacing_zyx": [1.0, 1.0, 1.0], "shape_after_crop_zyx": [150, 180, 150]}
+    return {"dataset_name": "Dataset999_Memory", "cases": {"a": case, "b": case},
+            "modalities": {"T1w": {"foreground_intensities": {}, "typical_metadata": {}}}}
+
+
+def test_auto_picks_the_paper_preset_where_it_fits_at_training_precision() -> None:
+    from unisyn_v2.experiment_planning.planner import choose_preset, plan_experiment
+
+    assert choose_preset("auto", 80, (150, 180, 150)).name == "paper"
+    assert choose_preset("auto", 16, (150, 180, 150)).name != "paper"
+    assert choose_preset("auto", 40, (150, 180, 150), "fp16").name == "paper"  # the paper's A100 40 GB, fp16
+    assert choose_preset("auto", 40, (150, 180, 150), "fp32").name != "paper"
+    plans = plan_experiment(_one_modality_fingerprint(), "auto", 80, configurations=("2.5d",))
+    config = plans.configuration("2.5d")
+    assert plans.preset == "paper" and config.memory_precision == "fp16" and config.batch_size == 8
+    assert Plans.from_dict(plans.to_dict()).configuration("2.5d").memory_precision == "fp16"
+    cpu = plan_experiment(_one_modality_fingerprint(), "auto", None, configurations=("2.5d",))
+    assert cpu.preset == "cpu" and cpu.configuration("2.5d").memory_precision == "fp32"

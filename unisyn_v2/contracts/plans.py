@@ -52,6 +52,7 @@ class ConfigurationPlan:
     network_kwargs: dict[str, Any]  # shared by GFM / cross-attention / one-hot variants
     unet_kwargs: dict[str, Any]  # the plain regression U-Net baseline
     estimated_memory_gb: float
+    memory_precision: str = "fp32"  # activation precision of the estimate: fp16 (CUDA autocast) or fp32 (CPU)
 
     @property
     def is_slab(self) -> bool:

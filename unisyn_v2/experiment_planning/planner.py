@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from unisyn_v2.experiment_planning.memory import estimate_training_memory_bytes
+from unisyn_v2.experiment_planning.memory import PRECISIONS, estimate_training_memory_bytes
 from unisyn_v2.contracts.plans import ConfigurationPlan, NormalizationPlan, Plans
 from unisyn_v2.experiment_planning.presets import BUDGET_PRESETS_LARGEST_FIRST, Preset, get_preset
 from unisyn_v2.metadata.modalities import ModalityFamily, get_modality
@@ -121,22 +121,26 @@ def unet_kwargs(preset: Preset, slab: bool, patch: Sequence[int]) -> dict[str, A
 PLANNED_NETWORK_KINDS = ("gfm", "crossattn")  # the text-conditioned networks trained on one plans' patch and batch
 
 
-def estimate_synthesis_memory_bytes(kwargs: dict[str, Any], patch: Sequence[int], slab: bool, batch_size: int) -> int:
+def estimate_synthesis_memory_bytes(kwargs: dict[str, Any], patch: Sequence[int], slab: bool, batch_size: int,
+                                    precision: str = "fp32") -> int:
     """Training memory for one batch size of the heavier of the GFM and the cross-attention baseline (two
-    forward passes per iteration): both trainers use the plans' patch and batch, and the baseline's fusion
-    block (a feed-forward 4x the feature width at every location) needs about 6% more at paper size."""
+    forward passes per iteration) with activations at ``precision`` (fp16: CUDA autocast): both trainers
+    use the plans' patch and batch, and the baseline's fusion block (a feed-forward 4x the feature width at
+    every location) needs more at paper size."""
     spatial = (int(patch[0]), int(patch[1]), int(patch[2]))
     source = (1, spatial[0], spatial[1], spatial[2]) if slab else (1, 1, *spatial)
     text = (1, int(kwargs["text_dim"]))
     return max(
         estimate_training_memory_bytes(
-            lambda kind=kind: build_synthesis_network(kind, kwargs), [source, text, text], batch_size, forward_passes=2
+            lambda kind=kind: build_synthesis_network(kind, kwargs), [source, text, text], batch_size, forward_passes=2,
+            precision=precision,
         ).total_bytes
         for kind in PLANNED_NETWORK_KINDS
     )
 
 
-def fit_patch_and_batch(preset: Preset, slab: bool, median_shape: Sequence[int], budget_bytes: float, text_dim: int) -> tuple[tuple[int, int, int], int, int]:
+def fit_patch_and_batch(preset: Preset, slab: bool, median_shape: Sequence[int], budget_bytes: float, text_dim: int,
+                        precision: str = "fp32") -> tuple[tuple[int, int, int], int, int]:
     """Largest batch (>= 2) for the preset patch; shrink the patch only if batch 2 does not fit.
 
     The patch shrinks along the axis that is largest relative to the median image (in-plane only for
@@ -151,8 +155,8 @@ def fit_patch_and_batch(preset: Preset, slab: bool, median_shape: Sequence[int],
         patch = list(start)
     while True:
         kwargs = network_kwargs(preset, slab, patch, text_dim)
-        one = estimate_synthesis_memory_bytes(kwargs, patch, slab, 1)
-        two = estimate_synthesis_memory_bytes(kwargs, patch, slab, 2)
+        one = estimate_synthesis_memory_bytes(kwargs, patch, slab, 1, precision)
+        two = estimate_synthesis_memory_bytes(kwargs, patch, slab, 2, precision)
         per_sample = max(two - one, 1)
         static = one - per_sample
         if keep_published:
@@ -174,17 +178,27 @@ def _round8(size: float) -> int:
     return max(8, int(size) // 8 * 8)
 
 
-def choose_preset(requested: str, budget_gb: float | None, median_shape: Sequence[int]) -> Preset:
-    """``auto``: the CPU preset without a GPU budget, else the largest budget preset whose batch of 2 fits."""
+AUTO_PRESETS_LARGEST_FIRST = ("paper", *BUDGET_PRESETS_LARGEST_FIRST)
+
+
+def choose_preset(requested: str, budget_gb: float | None, median_shape: Sequence[int],
+                  precision: str = "fp16") -> Preset:
+    """``auto``: the CPU preset without a GPU budget, else the largest preset that fits at ``precision``:
+    the paper's at its published patch and batch, a budget preset with a batch of 2."""
     if requested != "auto":
         return get_preset(requested)
     if budget_gb is None:
         return get_preset("cpu")
-    for name in BUDGET_PRESETS_LARGEST_FIRST:
+    for name in AUTO_PRESETS_LARGEST_FIRST:
         preset = get_preset(name)
-        patch = [preset.slab_patch[0], min(preset.slab_patch[1], _round8(median_shape[1])), min(preset.slab_patch[2], _round8(median_shape[2]))]
+        if preset.fixed:
+            patch, batch = list(preset.slab_patch), preset.max_batch_size
+        else:
+            patch = [preset.slab_patch[0], min(preset.slab_patch[1], _round8(median_shape[1])),
+                     min(preset.slab_patch[2], _round8(median_shape[2]))]
+            batch = MIN_BATCH_SIZE
         kwargs = network_kwargs(preset, True, patch, preset.text_encoder.embed_dim)
-        if estimate_synthesis_memory_bytes(kwargs, patch, True, MIN_BATCH_SIZE) <= budget_gb * MEMORY_SAFETY_FRACTION * GB:
+        if estimate_synthesis_memory_bytes(kwargs, patch, True, batch, precision) <= budget_gb * MEMORY_SAFETY_FRACTION * GB:
             return preset
     return get_preset("small")
 
@@ -201,22 +215,30 @@ def detect_gpu_memory_gb() -> float | None:
 
 def plan_experiment(fingerprint: dict[str, Any], preset_name: str = "auto", gpu_memory_gb: float | None = None,
                     plans_name: str = DEFAULT_PLANS_NAME, target_spacing: Sequence[float] | None = None,
-                    configurations: Sequence[str] = ("2.5d", "3d"), default_configuration: str = "2.5d") -> Plans:
-    """Turn a fingerprint into plans (no file IO)."""
+                    configurations: Sequence[str] = ("2.5d", "3d"), default_configuration: str = "2.5d",
+                    precision: str | None = None) -> Plans:
+    """Turn a fingerprint into plans (no file IO).
+
+    ``precision``: the activation precision of the memory estimate; default fp16 (the trainer's CUDA
+    autocast) with a GPU budget, fp32 (CPU training) without one. Each configuration records it.
+    """
     cases = fingerprint["cases"].values()
     spacings = np.array([c["spacing_zyx"] for c in cases])
     shapes = np.array([c["shape_after_crop_zyx"] for c in cases])
     spacing = tuple(float(v) for v in target_spacing) if target_spacing else determine_target_spacing(spacings, shapes)
     scale = np.median(spacings, axis=0) / np.asarray(spacing)
     median_shape = [int(round(v)) for v in np.median(shapes, axis=0) * scale]
-    preset = choose_preset(preset_name, gpu_memory_gb, median_shape)
+    precision = precision or ("fp16" if gpu_memory_gb is not None else "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    preset = choose_preset(preset_name, gpu_memory_gb, median_shape, precision)
     budget_gb = gpu_memory_gb if gpu_memory_gb is not None else CPU_MEMORY_BUDGET_GB
     budget = budget_gb * MEMORY_SAFETY_FRACTION * GB
     text_dim = preset.text_encoder.embed_dim
     plan_configs: dict[str, ConfigurationPlan] = {}
     for name in configurations:
         slab = name == "2.5d"
-        patch, batch, used = fit_patch_and_batch(preset, slab, median_shape, budget, text_dim)
+        patch, batch, used = fit_patch_and_batch(preset, slab, median_shape, budget, text_dim, precision)
         plan_configs[name] = ConfigurationPlan(
             name=name,
             data_identifier=f"{plans_name}_data",
@@ -227,8 +249,10 @@ def plan_experiment(fingerprint: dict[str, Any], preset_name: str = "auto", gpu_
             network_kwargs=network_kwargs(preset, slab, patch, text_dim),
             unet_kwargs=unet_kwargs(preset, slab, patch),
             estimated_memory_gb=round(used / GB, 3),
+            memory_precision=precision,
         )
-        logger.info("%s: patch %s, batch %d, estimated %.2f GiB of %.1f GiB", name, patch, batch, used / GB, budget_gb)
+        logger.info("%s: patch %s, batch %d, estimated %.2f GiB of %.1f GiB at %s", name, patch, batch, used / GB,
+                    budget_gb, precision)
     if default_configuration not in plan_configs:
         default_configuration = next(iter(plan_configs))
     modalities = tuple(fingerprint["modalities"])
