@@ -13,8 +13,15 @@ prediction that misses it is mis-scaled in normal tissue too. Per lesion class, 
 squared error; histogram matching of the source as a reference. Target: lesion PSNR within 3 dB of
 normal tissue.
 
+The phantom names each case's label map as its ``lesion_mask`` in dataset.json, so training can centre a
+share of its patches on lesions (plans ``training.lesion_oversample``) and weight the loss there
+(``training.lesion_weight``). ``--variants`` trains one GFM per ``OVERSAMPLE:WEIGHT`` setting in the same run
+(same data, NeuroCLIP, seed and budget; each a plans file of its own beside the dataset's plans), so the
+settings are compared side by side.
+
 Run from the repository root:
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lesion_synthesis.py --out /tmp/lesion_bench
+  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lesion_synthesis.py --out /tmp/lesion_bench --variants 0:1,0.33:1,0.66:3
 """
 
 from __future__ import annotations
@@ -34,14 +41,17 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from unisyn_v2.contracts.plans import Plans  # noqa: E402
 from unisyn_v2.dataset.image_io import read_image  # noqa: E402
 from unisyn_v2.evaluation.protocols import PAPERS_UPPER_PERCENTILE  # noqa: E402
 from unisyn_v2.experiment_planning import api  # noqa: E402
-from unisyn_v2.io_utils import finite_or_none, read_json  # noqa: E402
+from unisyn_v2.io_utils import finite_or_none, read_json, write_json_atomic  # noqa: E402
 from unisyn_v2.paths import preprocessed_dir, raw_dir  # noqa: E402
 from unisyn_v2.phantom import generate_phantom_dataset  # noqa: E402
 from unisyn_v2.phantom.generator import CASES_KEY, SPEC_FILE  # noqa: E402
-from unisyn_v2.training.settings import Task, task_key  # noqa: E402
+from unisyn_v2.training.run_training import build_trainer  # noqa: E402
+from unisyn_v2.training.settings import Task, TrainerSettings, task_key  # noqa: E402
+from unisyn_v2.networks.text_artifact import ARTIFACT_FOLDER_NAME  # noqa: E402
 
 logger = logging.getLogger("benchmarks.lesion_synthesis")
 
@@ -52,6 +62,61 @@ TASKS: tuple[Task, ...] = (("T1w", "T2w"), ("FLAIR", "T2w"), ("FLAIR", "T1w"), (
 # Lesion classes pooled for the per-class table: label values of unisyn_v2.phantom.pathology.LESION_LABELS.
 CLASSES = {"infarct (cavity + gliosis)": (1, 6), "WMH": (2,), "tumour (enhancing + necrosis)": (3, 5), "oedema": (4,)}
 TARGET_GAP_DB = 3.0
+DEFAULT_VARIANTS = "0:1,0.33:1"  # lesion_oversample:lesion_weight; 0:1 is training without lesion masks' help
+
+
+def parse_variants(text: str) -> list[tuple[float, float]]:
+    """``"0:1,0.33:1"`` -> [(0.0, 1.0), (0.33, 1.0)] (lesion_oversample, lesion_weight)."""
+    out = []
+    for item in text.split(","):
+        oversample, _, weight = item.strip().partition(":")
+        out.append((float(oversample), float(weight or 1.0)))
+    return out
+
+
+def variant_label(oversample: float, weight: float) -> str:
+    return f"oversample {oversample:g}, weight {weight:g}"
+
+
+def variant_plans(config: common.BenchmarkConfig, oversample: float, weight: float) -> str:
+    """Write (once) the dataset's plans with these two training fields under a plans name of its own."""
+    folder = preprocessed_dir() / config.dataset_name
+    base = Plans.load(folder / "unisynPlans.json")
+    name = f"unisynPlans_os{oversample:g}_lw{weight:g}".replace(".", "p")
+    data = base.to_dict()
+    data["plans_name"] = name
+    data["training"]["lesion_oversample"], data["training"]["lesion_weight"] = oversample, weight
+    Plans.from_dict(data, source=name)  # validated like a file on load
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        write_json_atomic(path, data)
+    return name
+
+
+def train_variant(config: common.BenchmarkConfig, plans_name: str, text_encoder: Path) -> Path:
+    """The GFM on TASKS with one plans variant (the dataset's NeuroCLIP); reused when already trained."""
+    settings = TrainerSettings(num_epochs=config.epochs, iterations_per_epoch=config.iterations_per_epoch, tasks=TASKS,
+                               continue_training=True, final_validation=False, num_workers=config.num_workers,
+                               extra={"text_encoder": str(text_encoder)})
+    instance = build_trainer(config.dataset_id, "gfm", config.fold, plans_name=plans_name, device=config.device,
+                             settings=settings)
+    budget = {"num_epochs": settings.num_epochs, "iterations_per_epoch": settings.iterations_per_epoch}
+    budget_file = instance.fold_folder / "benchmark_budget.json"
+    if (instance.fold_folder / "checkpoint_final.pth").is_file():
+        if budget_file.is_file() and read_json(budget_file) != budget:
+            raise RuntimeError(f"{instance.fold_folder} was trained with {read_json(budget_file)}, not {budget}; "
+                               "use another --out for another budget")
+        logger.info("reusing %s", instance.fold_folder)
+        return instance.model_folder
+    logger.info("training gfm with %s -> %s", plans_name, instance.fold_folder)
+    started = time.perf_counter()
+    instance.run()
+    write_json_atomic(budget_file, budget)
+    timings = config.workspace / "training_seconds.json"
+    record = read_json(timings) if timings.is_file() else {}
+    record[str(instance.fold_folder.relative_to(config.workspace))] = round(time.perf_counter() - started, 1)
+    write_json_atomic(timings, record)
+    return instance.model_folder
 
 
 def ensure_dataset(config: common.BenchmarkConfig, fraction: float) -> Path:
@@ -117,24 +182,26 @@ def pooled_psnr(entries: list[dict[str, float]]) -> float | None:
     return finite_or_none(10.0 * math.log10(1.0 / mse) if mse > 0 else None)
 
 
-def evaluate(config: common.BenchmarkConfig, root: Path, model_folder: Path) -> dict[str, Any]:
-    """Per direction and method (GFM, histogram matching): per-case scores and their summary."""
+def evaluate(config: common.BenchmarkConfig, root: Path, model_folders: dict[str, Path]) -> dict[str, Any]:
+    """Per direction and method (each GFM variant, histogram matching): per-case scores and their summary."""
     train_ids, test_ids = common.split(config)
     records = read_json(root / SPEC_FILE)[CASES_KEY]
     cases = common.load_test_cases(config, test_ids)
     labels = {c.case_id: read_image(root / records[c.case_id]["lesions"])[0].astype(np.int16) for c in cases}
     with_pathology = [c.case_id for c in cases if records[c.case_id]["pathology"]]
     quantiles = common.reference_quantiles(config, train_ids, sorted({t for _, t in TASKS}))
-    predictor = common.load_predictor(config, model_folder)
+    predictors = {f"GFM, {label}": common.load_predictor(config, folder) for label, folder in model_folders.items()}
     per_case: dict[str, dict[str, dict[str, Any]]] = {}
     for source, target in TASKS:
         key = task_key(source, target)
-        per_case[key] = {"GFM": {}, "histogram matching": {}}
+        per_case[key] = {method: {} for method in [*predictors, "histogram matching"]}
         for case in cases:
-            prediction = common.predict_raw(predictor, case.images[source], case.geometry, case.descriptions[source],
-                                            case.descriptions[target], case.mask)
-            matched = common.baselines(case.images[source], case.mask, quantiles[target])["histogram matching"]
-            for method, candidate in (("GFM", prediction), ("histogram matching", matched)):
+            candidates = {method: common.predict_raw(predictor, case.images[source], case.geometry,
+                                                     case.descriptions[source], case.descriptions[target], case.mask)
+                          for method, predictor in predictors.items()}
+            candidates["histogram matching"] = common.baselines(case.images[source], case.mask,
+                                                                quantiles[target])["histogram matching"]
+            for method, candidate in candidates.items():
                 per_case[key][method][case.case_id] = score_case(case.images[target], candidate, case.mask, labels[case.case_id])
     summary: dict[str, Any] = {}
     for key, methods in per_case.items():
@@ -165,7 +232,23 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 
 def markdown(config: common.BenchmarkConfig, result: dict[str, Any], fraction: float) -> str:
-    """The BENCHMARKS.md table: per direction, GFM and histogram matching, lesion vs normal PSNR and the gap."""
+    """The BENCHMARKS.md tables: the gap of every variant side by side, then per variant lesion vs normal PSNR."""
+    methods = [m for m in next(iter(result["summary"].values())) if m != "histogram matching"]
+    lines = ["Gap (normal - lesion PSNR, dB) per direction and training variant (lesion_oversample, lesion_weight):", "",
+             "| direction | " + " | ".join(m.removeprefix("GFM, ") for m in methods) + " | hist. match |",
+             "|---|" + "---|" * (len(methods) + 1)]
+    for key, scores in result["summary"].items():
+        lines.append(f"| {key} | " + " | ".join(f"{_f(scores[m]['gap_db'])} ({_f(scores[m]['psnr_lesion'])} / "
+                                                 f"{_f(scores[m]['psnr_normal'])})" for m in methods)
+                     + f" | {_f(scores['histogram matching']['gap_db'])} |")
+    lines += ["", "(cells: gap (lesion / normal PSNR))", ""]
+    for method in methods:
+        lines += [f"**{method}**", "", _variant_table(config, result, fraction, method), ""]
+    return "\n".join(lines)
+
+
+def _variant_table(config: common.BenchmarkConfig, result: dict[str, Any], fraction: float, method: str) -> str:
+    """One variant's table: per direction, lesion vs normal PSNR, the gap, per lesion class."""
     summary = result["summary"]
     lines = [f"{config.cases} cases, {fraction:.0%} with pathology (infarct, WMH, tumour); held-out: "
              f"{len(result['test_cases'])} cases, {len(result['test_cases_with_pathology'])} with pathology "
@@ -177,11 +260,11 @@ def markdown(config: common.BenchmarkConfig, result: dict[str, Any], fraction: f
              + " | ".join(f"GFM {n}" for n in CLASSES) + " | GFM gap, brain-scaled |",
              "|---|---|---|---|---|---|" + "---|" * len(CLASSES) + "---|"]
     for key, methods in summary.items():
-        g, h = methods["GFM"], methods["histogram matching"]
+        g, h = methods[method], methods["histogram matching"]
         lines.append(f"| {key} | {_f(g['psnr_lesion'])} | {_f(g['psnr_normal'])} | {_f(g['gap_db'])} | {_f(h['gap_db'])} | "
                      f"{_f(g['psnr_normal_healthy_cases'])} | " + " | ".join(_f(g["classes"][n]) for n in CLASSES)
                      + f" | {_f(g['gap_db_brain_scaled'])} |")
-    met = [k for k, m in summary.items() if m["GFM"]["gap_db"] is not None and m["GFM"]["gap_db"] <= TARGET_GAP_DB]
+    met = [k for k, m in summary.items() if m[method]["gap_db"] is not None and m[method]["gap_db"] <= TARGET_GAP_DB]
     lines += ["", f"Within {TARGET_GAP_DB:.0f} dB: {len(met)} of {len(summary)} directions ({', '.join(met) or 'none'})."]
     return "\n".join(lines) + "\n"
 
@@ -198,21 +281,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help=f"GFMs to train side by side, OVERSAMPLE:WEIGHT (plans training.lesion_oversample and "
+                             f"lesion_weight) separated by commas (default {DEFAULT_VARIANTS})")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     config = common.BenchmarkConfig(out=args.out.resolve(), quick=True, dataset_id=971, name="UniSynLesions",
                                     cases=args.cases, seed=args.seed, neuroclip_epochs=args.neuroclip_epochs,
                                     epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                                     task_specific=(), device=args.device, threads=args.threads,
-                                    extra={"lesion_fraction": args.lesion_fraction, "tasks": [list(t) for t in TASKS]})
+                                    extra={"lesion_fraction": args.lesion_fraction, "tasks": [list(t) for t in TASKS],
+                                           "variants": args.variants})
     common.setup(config, args.verbose)
     started = time.perf_counter()
     root = ensure_dataset(config, args.lesion_fraction)
-    common.train(config, "neuroclip")
-    model_folder, _ = common.train(config, "gfm", TASKS)
+    neuroclip, _ = common.train(config, "neuroclip")
+    folders = {variant_label(o, w): train_variant(config, variant_plans(config, o, w), neuroclip / ARTIFACT_FOLDER_NAME)
+               for o, w in parse_variants(args.variants)}
     trained = time.perf_counter()
-    result = evaluate(config, root, model_folder)
-    result["training_seconds"] = common.training_seconds(config, model_folder)
+    result = evaluate(config, root, folders)
+    result["training_seconds"] = {label: common.training_seconds(config, folder) for label, folder in folders.items()}
     result["wall_seconds"] = {"until_trained": round(trained - started, 1), "total": round(time.perf_counter() - started, 1)}
     text = markdown(config, result, args.lesion_fraction)
     common.write_results(config, "lesion_synthesis", result, text)
