@@ -12,7 +12,6 @@ factor], random fine target points; :mod:`unisyn_v2.training.liif_training`). Me
 - ``liif``: the LIIF network encodes the thick source, queried at every fine voxel (``inference.output_grid``);
 - ``before_trilinear`` / ``before_bspline``: thick source up-sampled to the fine grid, then the conv network;
 - ``after_trilinear`` / ``after_bspline``: the conv network on the thick grid, its output up-sampled;
-- ``source_*``: nothing learnt, for scale: identity is meaningless across contrasts, so omitted.
 
 Also the real ICBM152 T1w -> T2w templates (``../shared/data/real_mni2mm``, resampled to the phantom's spacing
 and acquired through the same profile). ``--memory`` measures, each in a child process, the peak RSS of a 1 mm
@@ -119,7 +118,7 @@ def train(decoder: str, cases: list[dict[str, Any]], factor: float, seconds: flo
                                gather_points(weight, linear))
         optimiser.zero_grad(); loss.backward(); optimiser.step()
         steps += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     network.eval()
     return network, {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
                      "final_loss": round(float(np.mean(losses[-20:])), 4)}
