@@ -10,7 +10,12 @@ Two kinds of run, each a child process of its own:
   peak RSS of the whole command (imports and start-up included), what a user waits for;
 - **api**: ``UniSynPredictor.from_model_folder(...).predict(...)`` with the time split into loading
   the model, reading, preprocessing, the sliding window and the export, the number of tiles, and the
-  peak RSS (CPU) or peak CUDA allocation above what the loaded model held.
+  peak RSS (CPU) or peak CUDA allocation above what the loaded model held;
+- **cli_before**: the cli run with ``--threads 0``, torch's default threads as every command had before
+  the thread policy (issue 21); beside **cli** (the policy, whose choice its ``--verbose`` log records)
+  it measures the policy side by side. Without ``--threads`` the children inherit no thread setting.
+
+    .venv/bin/python benchmarks/prediction_speed.py --quick --kinds cli_before cli --repeats 3 --out /tmp/bench_threads
 
     .venv/bin/python benchmarks/prediction_speed.py --quick --out /tmp/bench_predict
 """
@@ -21,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -114,10 +120,17 @@ def make_inputs(spec: DataSpec, folder: Path) -> dict[str, Any]:
     return {"case": case.case_id, "shape_zyx": list(image.shape), "spacing_xyz_mm": [round(v, 3) for v in geometry.spacing_xyz]}
 
 
+def policy_threads(log: Path) -> tuple[int | None, str | None]:
+    """The threads and their source that ``unisyn_predict --verbose`` logged (the thread policy's line)."""
+    text = Path(log).read_text(errors="replace") if Path(log).is_file() else ""
+    match = re.search(r"threads: (\d+) \(([^;]+);", text)
+    return (int(match.group(1)), match.group(2)) if match else (None, None)
+
+
 def summarise(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """Medians of the successful runs of one (model, kind)."""
     good = [r for r in runs if r["returncode"] == 0]
-    keys = ("process_wall_s", "process_max_rss_mib", "predict_s", "load_model_s", "read_s", "preprocess_s",
+    keys = ("process_wall_s", "process_cpu_s", "process_max_rss_mib", "load_at_start", "predict_s", "load_model_s", "read_s", "preprocess_s",
             "sliding_window_s", "export_s", "peak_rss_increase_mib", "cuda_peak_increase_mib", "cuda_peak_allocated_mib")
     summary = {"runs": len(runs), "ok": len(good)}
     for k in keys:
@@ -126,6 +139,10 @@ def summarise(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
             summary[f"median_{k}"] = round(median(values), 3)
     for k in ("tiles", "tile", "network_input_zyx"):
         summary[k] = next((r[k] for r in good if k in r), None)
+    if key.startswith("cli"):
+        summary["wall_s_per_run"] = [r["process_wall_s"] for r in good]
+        summary["load_per_run"] = [r.get("load_at_start") for r in good]
+        summary["threads_per_run"] = [r.get("policy_threads") for r in good]
     return summary
 
 
@@ -150,6 +167,19 @@ def markdown(result: dict[str, Any]) -> str:
                      api.get("median_export_s"), api.get("median_load_model_s"),
                      api.get("median_cuda_peak_increase_mib" if cuda else "median_peak_rss_increase_mib")])
     lines += md_table(header, rows)
+    before = [(m, k["cli_before"], k["cli"]) for m, k in result["summary"].items() if "cli_before" in k and "cli" in k]
+    if before:
+        lines += ["", "Thread policy, side by side (`unisyn_predict --threads 0`, torch's default, against the policy; "
+                  "medians, then per run: wall s @ 1-minute load at start, threads):", ""]
+        rows = []
+        for model, old, new in before:
+            ratio = (old.get("median_process_wall_s") or 0) / max(new.get("median_process_wall_s") or 1e-9, 1e-9)
+            runs = lambda s, threads: ", ".join(  # noqa: E731 - one row's formatting
+                f"{w} s @ {l} ({t or threads})" for w, l, t in zip(s["wall_s_per_run"], s["load_per_run"], s["threads_per_run"]))
+            rows.append([model, old.get("median_process_wall_s"), old.get("median_process_cpu_s"), runs(old, "default"),
+                         new.get("median_process_wall_s"), new.get("median_process_cpu_s"), runs(new, "?"), round(ratio, 2)])
+        lines += md_table(["model", "before wall (s)", "before CPU (s)", "before runs", "policy wall (s)", "policy CPU (s)",
+                           "policy runs", "before / policy"], rows)
     lines += command_and_notes(result)
     return "\n".join(lines) + "\n"
 
@@ -160,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--models", nargs="+", default=None, metavar="TRAINER:CONFIG",
                         help="models to time (default gfm:2.5d gfm:3d unet:3d; gfm:2.5d with --quick)")
-    parser.add_argument("--kinds", nargs="+", choices=("cli", "api"), default=["cli", "api"])
+    parser.add_argument("--kinds", nargs="+", choices=("cli", "cli_before", "api"), default=["cli", "api"],
+                        help="cli_before: unisyn_predict --threads 0 (torch's default threads, as before the thread policy)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each kind, alternating their order (default 1 quick, 3 full)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (2^n passes per tile)")
     parser.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default 4, unisyn_predict's)")
@@ -192,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     inputs = work / "prediction_inputs"
     input_facts = make_inputs(spec, inputs)
     env = child_env(**use_work_folder(work), **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+    if not args.threads:  # the children choose their own threads (cli_before: torch's default; cli: the policy)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.pop(name, None)
     predict_bin = Path(sys.executable).parent / "unisyn_predict"
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for model in models:
@@ -202,17 +236,21 @@ def main(argv: list[str] | None = None) -> int:
             for kind in (args.kinds if repeat % 2 == 0 else args.kinds[::-1]):  # alternate the order
                 tag = f"{trainer}_{configuration}_{kind}_{repeat}"
                 output = work / "prediction_outputs" / tag
-                if kind == "cli":
+                load = round(os.getloadavg()[0], 2)
+                if kind in ("cli", "cli_before"):
                     command = [str(predict_bin), "-i", str(inputs), "-o", str(output), "-m", str(folder), "--target", TARGET,
                                "--device", device, "--tile_batch_size", str(args.tile_batch), "--disable_progress_bar", "--overwrite"]
                     command += ["--tta"] if args.tta else []
+                    command += ["--threads", "0"] if kind == "cli_before" else ["--verbose"]
                     record = run_child(command, None, args.out / f"{tag}.log", env, args.timeout)
+                    record["policy_threads"], record["policy_source"] = policy_threads(args.out / f"{tag}.log")
                 else:
                     child = {"work": str(work), "model": str(folder), "inputs": str(inputs), "output": str(output),
                              "device": device, "tta": args.tta, "tile_batch": args.tile_batch, "threads": args.threads,
                              "result": str(args.out / f"{tag}.json")}
                     record = run_child([sys.executable, __file__, "--child", json.dumps(child)], args.out / f"{tag}.json",
                                        args.out / f"{tag}.log", env, args.timeout)
+                record["load_at_start"] = load
                 runs[model][kind].append(record)
                 logger.info("%s %s run %d: process %s s, max RSS %s MiB, sliding window %s s (load %.1f)", model, kind, repeat + 1,
                             record["process_wall_s"], record["process_max_rss_mib"], record.get("sliding_window_s", "-"), os.getloadavg()[0])
