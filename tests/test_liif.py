@@ -19,7 +19,7 @@ from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 from unisyn_v2.networks.factory import build_synthesis_network
 from unisyn_v2.networks.liif import LIIFDecoder, grid_coordinates, liif_decoder_of
 from unisyn_v2.phantom.slice_profile import profile_matrix, render_thick_slices
-from unisyn_v2.training.liif_training import coarse_shape, degrade, sample_points, gather_points
+from unisyn_v2.training.liif_training import coarse_shape, degrade, draw_factors, gather_points, sample_points
 from unisyn_v2.training.run_training import run_training
 from unisyn_v2.training.settings import TrainerSettings
 
@@ -110,6 +110,59 @@ def test_training_degradation_and_points() -> None:
     values = gather_points(patch, linear)
     index = ((coords + 1) / 2 * torch.tensor([12.0, 8.0, 8.0]) - 0.5).round().long()  # back from the centres
     assert torch.equal(values[1, :, 0], patch[1, 0, index[1, :, 0], index[1, :, 1], index[1, :, 2]])
+
+
+def test_interpolated_features_read_the_trilinear_feature_with_one_mlp_call() -> None:
+    decoder = LIIFDecoder(3, hidden=(), interpolate_features=True)
+    with torch.no_grad():
+        decoder.mlp[0].weight.zero_()
+        decoder.mlp[0].weight[0, 0] = 1.0  # channel 0
+        decoder.mlp[0].weight[0, 3] = 10.0  # + 10 x the z offset from the nearest voxel centre
+        decoder.mlp[0].bias.zero_()
+    features = torch.zeros(1, 3, 4, 3, 3)
+    features[0, 0] = torch.arange(4.0)[:, None, None] ** 2  # not linear in z: interpolation shows
+    calls: list[int] = []
+    decoder.mlp.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[1]))
+    # z index 1.25 (normalised -0.125): trilinear 1 + 0.25 * 3 = 1.75, nearest voxel 1, offset 0.25
+    value = decoder.query(features, torch.tensor([[[-0.125, 0.0, 0.0], [-0.25, 0.0, 0.0]]]), torch.tensor([[0.5, 0.6, 0.6]]))
+    assert torch.allclose(value[0, :, 0], torch.tensor([1.75 + 2.5, 1.0]), atol=1e-4)
+    assert calls == [2]  # one call for the points, not eight
+    assert torch.allclose(decoder(features)[0, 0], features[0, 0], atol=1e-4)  # at the centres: the voxels
+
+
+def test_residual_starts_from_the_interpolated_coarse_prediction_and_learns_a_correction() -> None:
+    torch.manual_seed(0)
+    for interpolate in (False, True):
+        decoder = LIIFDecoder(4, hidden=(8, 8), residual=True, interpolate_features=interpolate, query_chunk=5)
+        features = torch.randn(2, 4, 3, 4, 5, requires_grad=True)
+        coarse = decoder.coarse_prediction(features)
+        assert coarse is not None and coarse.shape == (2, 1, 3, 4, 5)
+        assert torch.allclose(decoder(features), coarse, atol=1e-5)  # correction 0, centres: the pointwise head
+        coords = torch.rand(2, 12, 3) * 2 - 1
+        cell = torch.full((2, 3), 0.1)
+        expected = torch.nn.functional.grid_sample(coarse, coords.flip(-1)[:, :, None, None], mode="bilinear",
+                                                   padding_mode="border", align_corners=False)[:, 0, :, 0, 0]
+        values = decoder.query(features, coords, cell)  # in chunks of 5: one base for every chunk
+        assert torch.allclose(values[..., 0], expected, atol=1e-5)
+        values.sum().backward()
+        assert decoder.mlp[-1].weight.grad is not None and decoder.mlp[-1].weight.grad.abs().sum() > 0
+        assert decoder.base is not None and decoder.base[0].weight.grad.abs().sum() > 0
+
+
+def test_every_point_and_factors_near_the_largest() -> None:
+    linear, coords = sample_points((3, 2, 2), 2, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(linear, torch.arange(12).expand(2, -1))
+    assert torch.allclose(coords[0], grid_coordinates((3, 2, 2)))
+    rng = np.random.default_rng(0)
+    assert all(draw_factors((4.0, 1.0, 1.0), rng, max_share=1.0) == (4.0, 1.0, 1.0) for _ in range(5))
+    drawn = [draw_factors((4.0, 1.0, 1.0), rng, max_share=0.5)[0] for _ in range(400)]
+    assert 150 < sum(f == 4.0 for f in drawn) < 250 and min(drawn) < 2.0
+    assert draw_factors((4.0, 1.0, 1.0), np.random.default_rng(3)) == draw_factors((4.0, 1.0, 1.0),
+                                                                                      np.random.default_rng(3), 0.0)
+    with pytest.raises(ValueError, match="liif_max_share"):
+        LIIFDecoder(4, max_share=1.5)
+    with pytest.raises(ValueError, match="liif_queries"):
+        LIIFDecoder(4, queries=-1)
 
 
 def test_tiled_prediction_blends_tiles_into_the_output_points() -> None:

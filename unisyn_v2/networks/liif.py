@@ -11,6 +11,13 @@ centre the answer is that voxel's alone. One model writes any voxel size.
 Coordinates are normalised per axis to [-1, 1] over the feature box with the half-voxel convention
 (``align_corners=False``): feature voxel i of n has its centre at ``-1 + (2 i + 1) / n``. Axes are (z, y, x).
 
+Two options (issue 20 follow-up, BENCHMARKS.md "Thick slices to fine voxels") make it cheaper to train:
+``interpolate_features`` reads the trilinearly interpolated feature at the point and runs the MLP once (with the
+offset from the nearest feature voxel), instead of 8 MLP calls blended afterwards, so every fine voxel of a patch
+can be supervised for less than the local ensemble's 1/8; ``residual`` adds a pointwise head on the feature grid
+whose coarse prediction, trilinearly interpolated at the point, is the base the MLP corrects (its last layer starts
+at zero, so training starts from "decode on the coarse grid, then interpolate").
+
 Only 3D configurations use it: a 2.5D slab folds its k slices into channels, so the encoder has no z axis to
 query between; thick slices are acquired along z, which is exactly the axis LIIF must interpolate.
 """
@@ -21,6 +28,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 DECODERS = ("conv", "liif")
 SLICE_PROFILES = ("gaussian", "rect")
@@ -48,11 +56,18 @@ class LIIFDecoder(nn.Module):
         queries: target points per training item.
         profile: slice profile the trainer degrades sources with (``gaussian`` or ``rect``).
         query_chunk: points per MLP call at prediction (memory bound).
+        interpolate_features: one MLP call on the trilinearly interpolated feature (offset from the nearest
+            voxel) instead of the 8-voxel local ensemble.
+        residual: add the trilinear interpolation of a pointwise head's coarse prediction; the MLP learns the
+            correction (its last layer starts at zero).
+        max_share: share of training batches drawn at exactly ``max_scale`` (the rest uniform in [1, max]);
+            0 is TUMSyn's uniform draw. ``queries`` 0 supervises every fine voxel of the patch.
     """
 
     def __init__(self, feature_dim: int, hidden: Sequence[int] = (256, 128, 128), out_channels: int = 1,
                  local_ensemble: bool = True, max_scale: Sequence[float] = (4.0, 1.0, 1.0), queries: int = 4096,
-                 profile: str = "gaussian", query_chunk: int = DEFAULT_QUERY_CHUNK) -> None:
+                 profile: str = "gaussian", query_chunk: int = DEFAULT_QUERY_CHUNK, interpolate_features: bool = False,
+                 residual: bool = False, max_share: float = 0.0) -> None:
         super().__init__()
         widths = [int(feature_dim) + 6, *[int(h) for h in hidden]]
         if min(widths) < 1 or out_channels < 1:
@@ -62,13 +77,28 @@ class LIIFDecoder(nn.Module):
             raise ValueError(f"liif_max_scale must be three (z, y, x) factors >= 1, got {list(max_scale)}")
         if profile not in SLICE_PROFILES:
             raise ValueError(f"liif_profile must be one of {', '.join(SLICE_PROFILES)}, got {profile!r}")
-        if int(queries) < 1 or int(query_chunk) < 1:
-            raise ValueError(f"liif_queries and query_chunk must be >= 1, got {queries}, {query_chunk}")
+        if int(queries) < 0 or int(query_chunk) < 1:
+            raise ValueError(f"liif_queries must be >= 0 (0: every fine voxel) and query_chunk >= 1, got {queries}, "
+                             f"{query_chunk}")
+        if not 0.0 <= float(max_share) <= 1.0:
+            raise ValueError(f"liif_max_share must be in [0, 1], got {max_share}")
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(w_in, w_out), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(widths[-1], int(out_channels)))
         self.mlp = nn.Sequential(*layers)
+        self.base: nn.Sequential | None = None
+        if residual:
+            base_layers: list[nn.Module] = []
+            for w_in, w_out in zip([int(feature_dim), *widths[1:-1]], widths[1:]):
+                base_layers += [nn.Linear(w_in, w_out), nn.ReLU(inplace=True)]
+            base_layers.append(nn.Linear(widths[-1] if len(widths) > 1 else int(feature_dim), int(out_channels)))
+            self.base = nn.Sequential(*base_layers)
+            with torch.no_grad():  # the correction starts at zero: training starts from the interpolated base
+                self.mlp[-1].weight.zero_()
+                self.mlp[-1].bias.zero_()
+        self.interpolate_features = bool(interpolate_features)
+        self.max_share = float(max_share)
         self.feature_dim = int(feature_dim)
         self.out_channels = int(out_channels)
         self.local_ensemble = bool(local_ensemble)
@@ -96,13 +126,37 @@ class LIIFDecoder(nn.Module):
             raise ValueError(f"coords must be (B={features.shape[0]}, N, 3), got {tuple(coords.shape)}")
         if cell.ndim == 2:
             cell = cell[:, None, :].expand(-1, coords.shape[1], -1)
+        base = self.coarse_prediction(features)
         step = int(chunk or self.query_chunk)
         if coords.shape[1] <= step:
-            return self._query(features, coords, cell)
-        parts = [self._query(features, coords[:, i:i + step], cell[:, i:i + step]) for i in range(0, coords.shape[1], step)]
+            return self._query(features, coords, cell, base)
+        parts = [self._query(features, coords[:, i:i + step], cell[:, i:i + step], base)
+                 for i in range(0, coords.shape[1], step)]
         return torch.cat(parts, dim=1)
 
-    def _query(self, features: torch.Tensor, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def coarse_prediction(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The residual base: the pointwise head on every feature voxel (B, out, Z, Y, X), or None without one."""
+        if self.base is None:
+            return None
+        return self.base(features.movedim(1, -1)).movedim(-1, 1)
+
+    def _query(self, features: torch.Tensor, coords: torch.Tensor, cell: torch.Tensor,
+               base: torch.Tensor | None = None) -> torch.Tensor:
+        correction = self._interpolated(features, coords, cell) if self.interpolate_features \
+            else self._ensemble(features, coords, cell)
+        if base is None:
+            return correction
+        return correction + _sample(base, coords)
+
+    def _interpolated(self, features: torch.Tensor, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """One MLP call on the trilinearly interpolated feature, with the offset from the nearest voxel centre."""
+        sizes = torch.tensor(features.shape[2:], device=coords.device, dtype=coords.dtype)
+        position = (coords + 1.0) / 2.0 * sizes - 0.5
+        nearest = torch.minimum(torch.round(position).clamp_min(0), sizes - 1)
+        sampled = _sample(features, coords)
+        return self.mlp(torch.cat([sampled, position - nearest, cell * sizes / 2.0], dim=-1))
+
+    def _ensemble(self, features: torch.Tensor, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         batch, channels, *shape = features.shape
         sizes = torch.tensor(shape, device=coords.device, dtype=coords.dtype)
         flat = features.flatten(2).transpose(1, 2)  # (B, V, F)
@@ -130,6 +184,14 @@ class LIIFDecoder(nn.Module):
             result = value if result is None else result + value
         assert result is not None
         return result
+
+
+def _sample(volume: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """(B, C, Z, Y, X) trilinearly at normalised (z, y, x) points (B, N, 3) -> (B, N, C); the edge value beyond
+    the outer centres (half-voxel convention, as the decoder's coordinates)."""
+    grid = coords.flip(-1)[:, :, None, None, :].to(volume.dtype)  # grid_sample wants (x, y, z)
+    sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[:, :, :, 0, 0].transpose(1, 2)
 
 
 def liif_decoder_of(network: nn.Module) -> LIIFDecoder | None:

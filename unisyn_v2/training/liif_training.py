@@ -1,12 +1,13 @@
 """Training an implicit (LIIF) decoder as TUMSyn does: a coarser source, random target points.
 
 Per batch a down-sampling factor is drawn per axis, uniformly in [1, ``max_scale``] of the decoder (default
-z in [1, 4], in-plane 1: thick slices); the source (and, for the GFM's cycle, the target) patch is acquired
-through the decoder's slice profile at that factor (:mod:`unisyn_v2.phantom.slice_profile`), so the encoder
-sees a coarse grid with the same box; ``queries`` voxel centres of the fine patch are drawn per item and the
-decoder is asked for the target there, with the fine voxel as the query cell. The prompts' voxel sizes are
-scaled by the factors, as a thick-slice source's header would say. All items of a batch share the factors
-(the coarse patches must stack).
+z in [1, 4], in-plane 1: thick slices; a ``max_share`` of the batches takes the largest factors instead); the
+source (and, for the GFM's cycle, the target) patch is acquired through the decoder's slice profile at that
+factor (:mod:`unisyn_v2.phantom.slice_profile`), so the encoder sees a coarse grid with the same box;
+``queries`` voxel centres of the fine patch are drawn per item (0: all of them) and the decoder is asked for
+the target there, with the fine voxel as the query cell. The prompts' voxel sizes are scaled by the factors,
+as a thick-slice source's header would say. All items of a batch share the factors (the coarse patches must
+stack).
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from unisyn_v2.networks.liif import LIIFDecoder, decoder_features
 from unisyn_v2.phantom.slice_profile import profile_matrix
 
 
-def draw_factors(max_scale: Sequence[float], rng: np.random.Generator) -> tuple[float, float, float]:
-    """One (z, y, x) down-sampling factor per axis, uniform in [1, max]."""
+def draw_factors(max_scale: Sequence[float], rng: np.random.Generator, max_share: float = 0.0) -> tuple[float, float, float]:
+    """One (z, y, x) down-sampling factor per axis, uniform in [1, max]; with probability ``max_share`` the batch
+    takes the largest factors instead (a model scored at thick slices should mostly see them)."""
+    if max_share > 0.0 and float(rng.random()) < max_share:
+        return tuple(float(m) for m in max_scale)  # type: ignore[return-value]
     return tuple(float(rng.uniform(1.0, m)) if m > 1.0 else 1.0 for m in max_scale)  # type: ignore[return-value]
 
 
@@ -44,10 +48,15 @@ def degrade(patch: torch.Tensor, factors: Sequence[float], profile: str = "gauss
 
 def sample_points(shape: Sequence[int], batch: int, count: int, generator: torch.Generator,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random voxel indices per item of a fine patch: (linear indices (B, N), normalised (B, N, 3) centres)."""
+    """``count`` random voxel indices per item of a fine patch: (linear indices (B, N), normalised (B, N, 3) centres).
+
+    ``count`` 0 (or the patch's size or more) takes every voxel, in order."""
     total = int(np.prod(shape))
     count = min(int(count), total)
-    linear = torch.stack([torch.randperm(total, generator=generator)[:count] for _ in range(batch)]).to(device)
+    if count in (0, total):
+        linear = torch.arange(total, device=device).expand(batch, -1)
+    else:
+        linear = torch.stack([torch.randperm(total, generator=generator)[:count] for _ in range(batch)]).to(device)
     z = linear // (shape[1] * shape[2])
     y = (linear // shape[2]) % shape[1]
     x = linear % shape[2]
@@ -96,7 +105,7 @@ def make_liif_batch(b: dict[str, Any], decoder: LIIFDecoder, rng: np.random.Gene
     source, target = b["source"], b["target"]
     if source.ndim != 5:
         raise ValueError(f"LIIF training needs 3D patches (B, 1, Z, Y, X), got {tuple(source.shape)}")
-    factors = draw_factors(decoder.max_scale, rng)
+    factors = draw_factors(decoder.max_scale, rng, decoder.max_share)
     shape = tuple(int(n) for n in source.shape[2:])
     linear, coords = sample_points(shape, source.shape[0], decoder.queries, generator, source.device)
     cell = torch.tensor([2.0 / n for n in shape], device=source.device).expand(source.shape[0], 3)
