@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(next(p for p in Path(__file__).resolve().parents if (p / "benchmarks").is_dir()) / "benchmarks"))
 import gpu_check  # noqa: E402 - the benchmark folder is not a package
 
 

@@ -193,3 +193,10 @@ def test_auto_picks_the_paper_preset_where_it_fits_at_training_precision() -> No
     assert Plans.from_dict(plans.to_dict()).configuration("2.5d").memory_precision == "fp16"
     cpu = plan_experiment(_one_modality_fingerprint(), "auto", None, configurations=("2.5d",))
     assert cpu.preset == "cpu" and cpu.configuration("2.5d").memory_precision == "fp32"
+
+
+def test_new_plans_resample_images_with_cubic_splines() -> None:
+    from unisyn_v2.experiment_planning.planner import plan_experiment
+
+    plans = plan_experiment(_one_modality_fingerprint(), "cpu", None, configurations=("2.5d",))
+    assert plans.resampling["image_order"] == 3 and plans.resampling["mask_order"] == 0
