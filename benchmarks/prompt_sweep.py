@@ -140,14 +140,22 @@ def ensure_dataset(config: common.BenchmarkConfig) -> Path:
     elif len(read_json(root / "dataset.json")["cases"]) != config.cases:
         raise RuntimeError(f"{root} holds another number of cases than --cases {config.cases}; use another --out")
     plans_file = preprocessed_dir() / config.dataset_name / "unisynPlans.json"
+    qmri = config.extra.get("qmri_kwargs", {})  # the qMRI head's plan choices (gain, head widths, compartments), when given
     if not plans_file.is_file():
         api.plan_and_preprocess(config.dataset_id, planner=config.planner, num_processes=1, progress=False)
         hidden = config.extra["affine_hidden"]
-        if hidden:  # the GFM's prompt -> (alpha, beta) map as an MLP (the plans' default is the paper's linear map)
+        extra = {**({"affine_hidden": hidden} if hidden else {}), **qmri}
+        if extra:  # the GFM's prompt -> (alpha, beta) map as an MLP (the plans' default is the paper's linear map)
             plans = Plans.load(plans_file)
-            configurations = {name: replace(c, network_kwargs={**c.network_kwargs, "affine_hidden": hidden})
+            configurations = {name: replace(c, network_kwargs={**c.network_kwargs, **extra})
                               for name, c in plans.configurations.items()}
             replace(plans, configurations=configurations).save(plans_file)
+    else:
+        for name, c in Plans.load(plans_file).configurations.items():
+            for key, value in qmri.items():
+                if c.network_kwargs.get(key) != value:
+                    raise RuntimeError(f"{plans_file}: configurations.{name}.network_kwargs.{key} is "
+                                       f"{c.network_kwargs.get(key)!r}, not {value!r}; use another --out for another qMRI head")
     return root
 
 
@@ -539,6 +547,14 @@ def main(argv: list[str] | None = None) -> int:
                              "0: the paper's linear map, the plans' default)")
     parser.add_argument("--real-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "real_mni2mm",
                         help="the real MNI 2 mm templates (ICBM152 T1w/T2w/PD); absent: that part is skipped")
+    parser.add_argument("--qmri-gain", choices=("patch", "prompt"), default=None,
+                        help="gfm_qmri's receiver gain in training, written into new plans: one least-squares gain per "
+                             "rendered patch (the default) or one per protocol, predicted from the prompt's parameters")
+    parser.add_argument("--qmap-hidden", type=int, nargs="+", default=None,
+                        help="widths of gfm_qmri's pointwise map head, written into new plans (default 64 64)")
+    parser.add_argument("--qmri-compartments", type=int, default=None,
+                        help="gfm_qmri's compartments per voxel, written into new plans (default 1: one set of effective "
+                             "maps; 3: grey/white/CSF-started compartments whose signals add)")
     args = parser.parse_args(argv)
     config = common.make_config(args)
     config.dataset_id, config.name = 975, "PromptSweep"
@@ -549,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         config.max_test_cases = args.max_test_cases or 3
     config.extra["protocols_per_modality"] = args.protocols_per_modality
     config.extra["affine_hidden"] = args.affine_hidden
+    config.extra["qmri_kwargs"] = {**({"qmri_gain": args.qmri_gain} if args.qmri_gain else {}),
+                                   **({"qmap_hidden": list(args.qmap_hidden)} if args.qmap_hidden else {}),
+                                   **({"qmri_compartments": args.qmri_compartments} if args.qmri_compartments else {})}
     methods = tuple((label, trainer) for label, trainer in METHODS if trainer in args.methods)
     common.setup(config, args.verbose)
     started = time.perf_counter()

@@ -155,8 +155,107 @@ def test_gain_only_fit_keeps_tissue_ratios() -> None:
     assert float((fit_to_target(compressed, target, mask, None, ratio) - target).abs().mean()) > 0.1
 
 
+def test_given_gain_replaces_the_per_patch_fit() -> None:
+    """qmri_gain "prompt": the rendering gets the gain it is given, so a patch whose maps are too dark is not rescaled
+    to its target (the per-patch least-squares gain hides a uniform error in it)."""
+    s = torch.rand(2, 1, 8, 8) + 0.1
+    ratio = torch.tensor([0.1, 0.2])
+    target = (3.0 * s - ratio.view(-1, 1, 1, 1)) / (1.0 - ratio.view(-1, 1, 1, 1))  # raw over p_high = 3 s
+    mask = torch.ones_like(s)
+    gain = torch.tensor([3.0, 3.0])
+    torch.testing.assert_close(fit_to_target(s, target, mask, None, ratio, gain), target)
+    dark = 0.5 * s  # every map renders half the signal
+    torch.testing.assert_close(fit_to_target(dark, target, mask, None, ratio), target, rtol=1e-4, atol=1e-4)
+    assert float((fit_to_target(dark, target, mask, None, ratio, gain) - target).abs().mean()) > 0.3
+
+
+def test_prompt_gain_depends_on_the_protocol_only_and_trains() -> None:
+    torch.manual_seed(0)
+    net = build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
+                             text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmap_hidden=[8], qmri_gain="prompt")
+    long_te = _mr("T2w", field_strength=3.0, repetition_time=4000.0, echo_time=200.0, flip_angle=90.0)
+    emb = _embedding(T2W, T2W, long_te)
+    gain = net.training_gain(emb)
+    assert gain.shape == (3,) and (gain > 0).all()
+    values = gain.detach().tolist()
+    assert values[0] == pytest.approx(values[1]) and values[0] != pytest.approx(values[2])
+    gain.sum().backward()
+    assert net.gain_head[0].weight.grad is not None and float(net.gain_head[0].weight.grad.abs().sum()) > 0
+    assert _network().training_gain(emb) is None  # the default: one least-squares gain per patch
+    with pytest.raises(ValueError, match="qmri_gain 'image'"):
+        build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
+                           text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmri_gain="image")
+
+
+def test_trainer_takes_head_width_and_gain_from_the_plans_and_uses_the_prompt_gain() -> None:
+    from types import SimpleNamespace
+
+    from unisyn_v2.networks.slice_adapter import SlicesAsChannels
+    from unisyn_v2.training.qmri_trainer import QMRITrainer
+
+    trainer = QMRITrainer.__new__(QMRITrainer)
+    trainer.config = SimpleNamespace(network_kwargs={"feature_dim": 8, "qmap_hidden": [16, 16], "qmri_gain": "prompt"})
+    trainer.conditioner = None
+    kwargs = QMRITrainer.network_info(trainer)["kwargs"]
+    assert kwargs["qmap_hidden"] == [16, 16] and kwargs["qmri_gain"] == "prompt"
+    trainer.config = SimpleNamespace(network_kwargs={"feature_dim": 8})
+    assert QMRITrainer.network_info(trainer)["kwargs"]["qmap_hidden"] == list(QMRITrainer.qmap_hidden)
+
+    torch.manual_seed(0)
+    net = build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
+                             text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmap_hidden=[8], qmri_gain="prompt")
+    s = torch.rand(1, 4, 8, 8) + 0.1
+    emb, ratio, mask = _embedding(T2W), torch.tensor([0.1]), torch.ones(1, 4, 8, 8)
+    expected = fit_to_target(s, s, mask, None, ratio, net.training_gain(emb))
+    torch.testing.assert_close(trainer._fitted(s, s, mask, emb, ratio, SlicesAsChannels(net)), expected)
+    assert not torch.allclose(expected, fit_to_target(s, s, mask, None, ratio))
+
+
+def _set_compartments(net: torch.nn.Module, fractions: list[float]) -> None:
+    """Every voxel gets the start maps of each compartment and these fractions (head weights zeroed)."""
+    last = net.qmap_head.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        bias = last.bias.view(net.compartments, 6, net.out_channels)
+        bias[:, 5] = torch.log(torch.tensor(fractions)).view(-1, 1)
+
+
+def test_compartments_add_their_magnitudes_and_start_at_grey_white_csf() -> None:
+    """qmri_compartments 3: a voxel's signal is the fraction-weighted sum of its compartments' signals (the phantom's
+    partial-volume model), so a voxel turns from tissue into CSF along a straight line in signal, never through the
+    inversion-recovery null that a single compartment's T1 must cross (a barrier for FLAIR and MPRAGE targets)."""
+    torch.manual_seed(0)
+    net = build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
+                             text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmap_hidden=[8], qmri_compartments=3).eval()
+    flair = _mr("FLAIR", field_strength=3.0, repetition_time=9000.0, echo_time=110.0, inversion_time=2450.0, flip_angle=90.0)
+    x, emb = torch.rand(1, 4, 8, 8), _embedding(flair)
+    signals = []
+    for fractions in ([0.998, 0.001, 0.001], [0.001, 0.001, 0.998], [0.5, 0.001, 0.499]):
+        _set_compartments(net, fractions)
+        with torch.no_grad():
+            anatomy = net.encode_anatomy(x, emb)
+            maps = net.maps(anatomy, torch.tensor([3.0]))
+            signals.append(float(net.decode(anatomy, emb).mean()))
+        assert maps["pd"].shape == (1, 3, 4, 8, 8)
+        torch.testing.assert_close(maps["fraction"][0, :, 0, 0, 0], torch.tensor(fractions), rtol=1e-4, atol=1e-5)
+    assert 1300.0 < float(maps["t1"][0, 0].mean()) < 1500.0 and float(maps["t1"][0, 2].mean()) > 3500.0  # GM, CSF starts
+    grey, csf, half = signals
+    assert csf < 0.2 * grey  # CSF near its FLAIR null at TI 2450 ms
+    assert half == pytest.approx(0.5 * grey + 0.5 * csf, rel=0.01)  # magnitudes add: half the grey matter's signal
+    effective = net.quantitative_maps(x, emb, emb)
+    _set_compartments(net, [0.998, 0.001, 0.001])
+    grey_only = net.quantitative_maps(x, emb, emb)
+    with torch.no_grad():
+        start = net.maps(net.encode_anatomy(x, emb), torch.tensor([3.0]))
+    torch.testing.assert_close(grey_only[0, 1], start["t1"][0, 0], rtol=0.02, atol=0.0)  # the dominant compartment's
+    assert effective.shape == (1, 4, 4, 8, 8) and torch.isfinite(effective).all()
+    with pytest.raises(ValueError, match="qmri_compartments must be 1-8"):
+        build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
+                           text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmri_compartments=0)
+
+
 def test_finish_rendered_volume_applies_the_mri_contract() -> None:
-    from test_predictor_support import make_plans
+    from predictor_fixtures import make_plans
     from unisyn_v2.models.rendering import finish_rendered_volume
     from unisyn_v2.networks.slice_adapter import SlicesAsChannels
 
@@ -219,7 +318,7 @@ def test_train_then_predict_with_export_qmaps(unisyn_dirs: dict[str, Path], tmp_
 
 def test_export_qmaps_needs_a_qmri_model(unisyn_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from test_predictor_support import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
+    from predictor_fixtures import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
 
     from unisyn_v2.cli import predict as predict_cli
     from unisyn_v2.inference import predictor as predictor_module

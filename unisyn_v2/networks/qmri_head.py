@@ -48,6 +48,11 @@ T2_RANGE_MS = (5.0, 3000.0)
 T2STAR_FRACTION = (0.05, 1.0)
 REFERENCE_FIELD_T = 3.0
 _INITIAL = {"pd": 0.8, "t1": 1200.0, "t1_exponent": 0.4, "t2": 100.0, "t2s_fraction": 0.6}
+# qmri_compartments > 1: each voxel is a mixture of compartments whose magnitudes add (the phantom's partial-volume
+# model), started at literature 3 T values of grey matter, white matter and CSF (then every further compartment GM)
+COMPARTMENT_START = ({"pd": 0.8, "t1": 1400.0, "t2": 95.0}, {"pd": 0.7, "t1": 850.0, "t2": 75.0},
+                     {"pd": 1.0, "t1": 4000.0, "t2": 1500.0})
+GAIN_MODES = ("patch", "prompt")  # training's receiver gain: least squares per patch, or one per protocol from the prompt
 
 
 def physics_vector(description: ImageDescription, warned: set[tuple[str, tuple[str, ...]]] | None = None) -> list[float]:
@@ -135,18 +140,34 @@ class QMRINetwork(nn.Module):
     renders_mri_signal = True
 
     def __init__(self, gfm: GFMNetwork, feature_dim: int, out_channels: int, hidden: Sequence[int] = (64, 64),
-                 dims: int = 2) -> None:
+                 dims: int = 2, gain: str = "patch", compartments: int = 1) -> None:
         super().__init__()
+        if gain not in GAIN_MODES:
+            raise ValueError(f"qMRI network: qmri_gain {gain!r} is not one of {', '.join(GAIN_MODES)}")
+        if not 1 <= int(compartments) <= 8:
+            raise ValueError(f"qMRI network: qmri_compartments must be 1-8 (got {compartments})")
+        self.compartments = int(compartments)
         self.gfm = gfm
+        self.gain_mode = gain
+        # "prompt": log receiver gain from the sequence parameters alone, the same for every patch of a protocol, so
+        # a patch's map errors cannot be hidden by its own gain (see fit_to_target)
+        self.gain_head = nn.Sequential(nn.Linear(PHYSICS_DIM, 32), nn.Tanh(), nn.Linear(32, 1)) if gain == "prompt" else None
         self.out_channels = int(out_channels)
         self.dims = int(dims)
-        self.qmap_head = PointwiseMLPDecoder(feature_dim, tuple(hidden), 5 * self.out_channels, dims)
+        per_compartment = 5 if self.compartments == 1 else 6  # PD, T1, T1 field exponent, T2, T2* fraction (, fraction)
+        self.qmap_head = PointwiseMLPDecoder(feature_dim, tuple(hidden), self.compartments * per_compartment * self.out_channels,
+                                             dims)
         last = self.qmap_head.layers[-1]
-        t1_fraction = (math.log(_INITIAL["t1"]) - math.log(T1_RANGE_MS[0])) / (math.log(T1_RANGE_MS[1]) - math.log(T1_RANGE_MS[0]))
-        t2_fraction = (math.log(_INITIAL["t2"]) - math.log(T2_RANGE_MS[0])) / (math.log(T2_RANGE_MS[1]) - math.log(T2_RANGE_MS[0]))
-        t2s_fraction = (_INITIAL["t2s_fraction"] - T2STAR_FRACTION[0]) / (T2STAR_FRACTION[1] - T2STAR_FRACTION[0])
-        start = [_logit(_INITIAL["pd"] / PD_MAX), _logit(t1_fraction), _logit(_INITIAL["t1_exponent"]), _logit(t2_fraction),
-                 _logit(t2s_fraction)]
+        starts = [_INITIAL] if self.compartments == 1 else [
+            {**_INITIAL, **COMPARTMENT_START[k if k < len(COMPARTMENT_START) else 0]}
+            for k in range(self.compartments)]
+        start: list[float] = []
+        for values in starts:
+            t1_fraction = (math.log(values["t1"]) - math.log(T1_RANGE_MS[0])) / (math.log(T1_RANGE_MS[1]) - math.log(T1_RANGE_MS[0]))
+            t2_fraction = (math.log(values["t2"]) - math.log(T2_RANGE_MS[0])) / (math.log(T2_RANGE_MS[1]) - math.log(T2_RANGE_MS[0]))
+            t2s_fraction = (values["t2s_fraction"] - T2STAR_FRACTION[0]) / (T2STAR_FRACTION[1] - T2STAR_FRACTION[0])
+            start += [_logit(values["pd"] / PD_MAX), _logit(t1_fraction), _logit(values["t1_exponent"]), _logit(t2_fraction),
+                      _logit(t2s_fraction)] + ([0.0] if self.compartments > 1 else [])  # equal fractions at the start
         with torch.no_grad():  # maps start at typical brain values everywhere
             last.weight.mul_(0.1)
             last.bias.copy_(torch.tensor(start).repeat_interleave(self.out_channels))
@@ -161,15 +182,30 @@ class QMRINetwork(nn.Module):
         """(B,) bool: items whose image the head renders (their target has a signal model)."""
         return embedding[:, -PHYSICS_DIM] > 0.5
 
+    def training_gain(self, embedding: torch.Tensor) -> torch.Tensor | None:
+        """(B,) receiver gain of each item's rendering in training (``qmri_gain`` "prompt"), None for the per-patch fit."""
+        if self.gain_head is None:
+            return None
+        physics = self.split(embedding)[1].float()
+        features = torch.cat([physics[:, :5], torch.log1p(physics[:, 5:].clamp_min(0.0))], dim=1)
+        with torch.autocast(physics.device.type, enabled=False):
+            return torch.exp(self.gain_head(features)[:, 0])
+
     def encode_anatomy(self, source: torch.Tensor, source_embedding: torch.Tensor) -> torch.Tensor:
         """f_0 of the source (the GFM's, from the text part of the embedding)."""
         return self.gfm.encode_anatomy(source, self.split(source_embedding)[0])
 
     def maps(self, anatomy: torch.Tensor, field_strength: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Effective PD, T1 (ms, at ``field_strength`` (B,) tesla, default 3 T), T2, T2* (ms), each (B, C_out, *spatial)."""
+        """Effective PD, T1 (ms, at ``field_strength`` (B,) tesla, default 3 T), T2, T2* (ms), each (B, C_out, *spatial).
+
+        With compartments (``qmri_compartments`` > 1) each is (B, K, C_out, *spatial) and ``"fraction"`` (softmax over
+        K) gives each compartment's share of the voxel; :meth:`render` adds their signals."""
         with torch.autocast(anatomy.device.type, enabled=False):
             raw = self.qmap_head(anatomy.float())
-            raw = raw.reshape(raw.shape[0], 5, self.out_channels, *raw.shape[2:])
+            if self.compartments == 1:
+                raw = raw.reshape(raw.shape[0], 5, self.out_channels, *raw.shape[2:])
+            else:  # (B, 6, K, C, *spatial): the map index first, as in the single-compartment layout
+                raw = raw.reshape(raw.shape[0], self.compartments, 6, self.out_channels, *raw.shape[2:]).transpose(1, 2)
             t1_ref = _log_range(raw[:, 1], *T1_RANGE_MS)
             t2 = _log_range(raw[:, 3], *T2_RANGE_MS)
             out = {"pd": PD_MAX * torch.sigmoid(raw[:, 0]), "t2": t2,
@@ -179,15 +215,30 @@ class QMRINetwork(nn.Module):
             else:
                 ratio = (field_strength.float().clamp_min(0.1) / REFERENCE_FIELD_T).reshape(-1, *([1] * (t1_ref.ndim - 1)))
                 out["t1"] = t1_ref * ratio ** torch.sigmoid(raw[:, 2])
+            if self.compartments > 1:
+                out["fraction"] = torch.softmax(raw[:, 5], dim=1)
+        return out
+
+    def effective_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One PD, T1, T2, T2* per voxel: the compartments' PD summed over fractions, times averaged in log space with
+        weights fraction x PD (their share of the signal at full relaxation); unchanged with one compartment."""
+        if "fraction" not in maps:
+            return maps
+        weight = maps["fraction"] * maps["pd"]
+        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
+        out = {"pd": (maps["fraction"] * maps["pd"]).sum(1)}
+        for name in ("t1", "t2", "t2s"):
+            out[name] = torch.exp((weight * torch.log(maps[name])).sum(1))
         return out
 
     def render(self, anatomy: torch.Tensor, physics: torch.Tensor) -> torch.Tensor:
         """The signal (B, C_out, *spatial) of every item at its own sequence and parameters (rows without a model: 0)."""
         physics = physics.float()
         maps = self.maps(anatomy, physics[:, 5])
-        out = torch.zeros_like(maps["pd"])
+        fraction = maps.get("fraction")
+        out = torch.zeros_like(maps["pd"] if fraction is None else maps["pd"][:, 0])
         sequence_index = physics[:, 1:5].argmax(dim=1)
-        shape = (-1, *([1] * (out.ndim - 1)))
+        shape = (-1, *([1] * (maps["pd"].ndim - 1)))
         for index, sequence in enumerate(se.SEQUENCES):
             items = torch.nonzero((sequence_index == index) & self.rendered_items(physics), as_tuple=True)[0]
             if items.numel() == 0:
@@ -196,6 +247,8 @@ class QMRINetwork(nn.Module):
             with torch.autocast(anatomy.device.type, enabled=False):
                 signal = se.render(sequence, maps["pd"][items], maps["t1"][items], maps["t2"][items], maps["t2s"][items],
                                    tr, te, ti, flip)
+                if fraction is not None:  # the compartments' magnitudes add
+                    signal = (fraction[items] * signal).sum(1)
             out = out.index_copy(0, items, signal.to(out.dtype))
         return out
 
@@ -221,12 +274,12 @@ class QMRINetwork(nn.Module):
         anatomy = self.encode_anatomy(source, source_text)
         physics = self.split(target_text)[1].float()
         field = torch.where(physics[:, 5] > 0, physics[:, 5], torch.full_like(physics[:, 5], REFERENCE_FIELD_T))
-        maps = self.maps(anatomy, field)
+        maps = self.effective_maps(self.maps(anatomy, field))
         return torch.stack([maps["pd"], maps["t1"], maps["t2"], maps["t2s"]], dim=1)
 
 
 def fit_to_target(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, items: torch.Tensor | None = None,
-                  low_over_high: torch.Tensor | None = None) -> torch.Tensor:
+                  low_over_high: torch.Tensor | None = None, gain: torch.Tensor | None = None) -> torch.Tensor:
     """A rendered ``prediction`` (PD units) on its normalised ``target``'s scale: the least-squares fit in ``mask``.
 
     The MRI contract maps each image's brain p0.5 / p99.5 (``p_low``, ``p_high``) to 0 / 1, which a patch
@@ -236,7 +289,8 @@ def fit_to_target(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
     physically right, not merely ordered) and returns on the contract's scale, ``(a s - r) / (1 - r)``.
     Without it: a free affine map a s + b (a >= 0), which fits any rendering with the right tissue order
     and leaves the maps' dynamic range undetermined (the first configuration measured). ``items`` (B,)
-    bool limits the fit to those items (the others pass through). Differentiable.
+    bool limits the fit to those items (the others pass through). ``gain`` (B,), with ``low_over_high``: that
+    gain instead of the patch's least-squares one (``qmri_gain`` "prompt": one gain per protocol). Differentiable.
     """
     dims = tuple(range(1, prediction.ndim))
     w = mask.to(prediction.dtype).expand_as(prediction) + 1e-3  # nearly only the brain, never an empty fit
@@ -244,8 +298,11 @@ def fit_to_target(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
     if low_over_high is not None:
         r = low_over_high.to(prediction.dtype).clamp(0.0, 0.95).reshape(-1, *([1] * (prediction.ndim - 1)))
         raw = target * (1.0 - r) + r
-        gain = ((w * prediction * raw).sum(dims, keepdim=True)
-                / ((w * prediction * prediction).sum(dims, keepdim=True) + 1e-12 * total)).clamp_min(0.0)
+        if gain is not None:
+            gain = gain.to(prediction.dtype).reshape(-1, *([1] * (prediction.ndim - 1)))
+        else:
+            gain = ((w * prediction * raw).sum(dims, keepdim=True)
+                    / ((w * prediction * prediction).sum(dims, keepdim=True) + 1e-12 * total)).clamp_min(0.0)
         fitted = (gain * prediction - r) / (1.0 - r)
         if items is None:
             return fitted
@@ -266,7 +323,8 @@ def build_qmri_network(*, dims: int, in_channels: int, out_channels: int, encode
                        feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = (2048, 1024, 1024),
                        alpha_min: float = 0.05, encoder_dilations: Sequence[int] | None = None,
                        encoder_input_skip: bool = False, refinement_block: bool = False, affine_hidden: int = 0,
-                       qmap_hidden: Sequence[int] = (64, 64), physics_dim: int = PHYSICS_DIM) -> QMRINetwork:
+                       qmap_hidden: Sequence[int] = (64, 64), physics_dim: int = PHYSICS_DIM,
+                       qmri_gain: str = "patch", qmri_compartments: int = 1) -> QMRINetwork:
     """The qMRI network from the GFM's plans kwargs; ``text_dim`` counts the appended physics numbers."""
     from unisyn_v2.networks.factory import SYNTHESIS_BUILDERS
 
@@ -279,4 +337,4 @@ def build_qmri_network(*, dims: int, in_channels: int, out_channels: int, encode
         num_blocks=num_blocks, feature_dim=feature_dim, text_dim=text_dim - PHYSICS_DIM, decoder_hidden=decoder_hidden,
         alpha_min=alpha_min, encoder_dilations=encoder_dilations, encoder_input_skip=encoder_input_skip,
         refinement_block=refinement_block, affine_hidden=affine_hidden)
-    return QMRINetwork(gfm, feature_dim, out_channels, qmap_hidden, dims)
+    return QMRINetwork(gfm, feature_dim, out_channels, qmap_hidden, dims, qmri_gain, qmri_compartments)

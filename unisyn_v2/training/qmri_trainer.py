@@ -28,6 +28,15 @@ from unisyn_v2.training.gfm_trainer import GFMTrainer
 from unisyn_v2.training.losses import patch_psnr, patch_ssim, weighted_l1
 
 
+def _qmri_network(network: Any) -> QMRINetwork | None:
+    """The QMRINetwork inside DDP (``module``) and 2.5D (``network``) wrappers, else None."""
+    for _ in range(4):
+        if isinstance(network, QMRINetwork):
+            return network
+        network = getattr(network, "module", None) or getattr(network, "network", None)
+    return None
+
+
 class QMRITrainer(GFMTrainer):
     """GFM encoder + quantitative-map head rendering MR targets with the prompt's sequence parameters."""
 
@@ -42,7 +51,8 @@ class QMRITrainer(GFMTrainer):
         return PhysicsTextConditioner(super().build_conditioner())
 
     def network_info(self) -> dict[str, Any]:
-        kwargs = {**self.config.network_kwargs, **self.network_overrides, "qmap_hidden": list(self.qmap_hidden)}
+        kwargs = {"qmap_hidden": list(self.qmap_hidden), **self.config.network_kwargs, **self.network_overrides}
+        kwargs["qmap_hidden"] = [int(v) for v in kwargs["qmap_hidden"]]  # plans may set qmap_hidden / qmri_gain
         if self.conditioner is not None:
             kwargs["text_dim"] = int(self.conditioner.text_dim)
         return {"kind": self.network_kind, "kwargs": kwargs}
@@ -74,8 +84,10 @@ class QMRITrainer(GFMTrainer):
         return torch.tensor([self._ratios.get((c, d.prompt()), 0.0) for c, d in zip(case_ids, descriptions)],
                             device=self.device)
 
-    def _fitted(self, prediction: Any, target: Any, mask: Any, embedding: Any, ratio: Any) -> Any:
-        return fit_to_target(prediction, target, mask, QMRINetwork.rendered_items(embedding), ratio)
+    def _fitted(self, prediction: Any, target: Any, mask: Any, embedding: Any, ratio: Any, network: Any) -> Any:
+        qmri = _qmri_network(network)
+        gain = qmri.training_gain(embedding) if qmri is not None else None
+        return fit_to_target(prediction, target, mask, QMRINetwork.rendered_items(embedding), ratio, gain)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """The GFM's cyclic step; MR syntheses are rendered, then affinely fitted to their targets."""
@@ -83,9 +95,9 @@ class QMRITrainer(GFMTrainer):
             anatomy_source = network.encode_anatomy(b["source"], b["source_text"])
             anatomy_target = network.encode_anatomy(b["target"], b["target_text"])
             target_hat = self._fitted(network.decode(anatomy_source, b["target_text"]), b["target"], b["mask"],
-                                      b["target_text"], b["target_ratio"])
+                                      b["target_text"], b["target_ratio"], network)
             source_hat = self._fitted(network.decode(anatomy_target, b["source_text"]), b["source_clean"], b["mask"],
-                                      b["source_text"], b["source_ratio"])
+                                      b["source_text"], b["source_ratio"], network)
             return self.cyclic_loss(target_hat, b["target"], source_hat, b["source_clean"], anatomy_source, anatomy_target,
                                     b["weight"], b.get("source_weight", b["weight"]))
 
@@ -104,7 +116,7 @@ class QMRITrainer(GFMTrainer):
         with self.autocast():
             raw = self.network(b["source"], b["source_text"], b["target_text"]).synthesis.float()
         ratio = self.low_over_high(batch["case_ids"], batch["target_descriptions"])
-        prediction = self._fitted(raw, b["target"], b["mask"], b["target_text"], ratio)
+        prediction = self._fitted(raw, b["target"], b["mask"], b["target_text"], ratio, self.network)
         return {"loss": float(weighted_l1(prediction, b["target"], b["weight"])),
                 "psnr": float(patch_psnr(prediction, b["target"], mask=b["mask"])),
                 "ssim": float(patch_ssim(prediction, b["target"]))}
