@@ -401,7 +401,7 @@ def model_zip_entries(folder: str = MODEL_DIR, trainer: dict[str, Any] | None = 
     ``trainer`` updates trainer.json, ``plans`` edits the plans dict in place, ``extra`` adds members that
     the manifest lists, ``unlisted`` members that it does not; ``manifest=False`` leaves it out.
     """
-    from test_predictor_support import make_plans
+    from predictor_fixtures import make_plans
 
     plan = make_plans()
     plans_dict = plan.to_dict()

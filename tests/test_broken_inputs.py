@@ -26,7 +26,7 @@ from broken_inputs import (
     MODEL_DIR, PAYLOAD_PY, PicklePayload, flag_encrypted, model_zip_entries, understate_size, write_tweaked_zip,
 )
 from raw_fixtures import write_blob_dataset
-from test_predictor_support import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
+from predictor_fixtures import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
 from training_fixtures import DATASET_NAME, make_trainer, tiny_plans, write_text_encoder, write_training_dataset
 from unisyn_v2 import io_utils
 from unisyn_v2.cli import evaluate as evaluate_cli

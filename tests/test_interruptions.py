@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from raw_fixtures import write_blob_dataset
-from test_predictor_support import head_phantom, write_case_image
+from predictor_fixtures import head_phantom, write_case_image
 from training_fixtures import DATASET_NAME, write_text_encoder, write_training_dataset
 from unisyn_v2.cli import predict as predict_cli
 from unisyn_v2.cli import train as train_cli

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from raw_fixtures import write_blob_dataset
-from test_predictor_support import head_phantom, write_case_image
+from predictor_fixtures import head_phantom, write_case_image
 from training_fixtures import write_text_encoder
 from unisyn_v2.cli import model_sharing as sharing_cli
 from unisyn_v2.cli import predict as predict_cli

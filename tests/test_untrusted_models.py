@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from broken_inputs import MODEL_MANIFEST, PAYLOAD_PY, assert_clean_error, model_zip_entries, write_zip
-from test_predictor_support import head_phantom, write_case_image
+from predictor_fixtures import head_phantom, write_case_image
 from training_fixtures import make_trainer, write_training_dataset
 from unisyn_v2 import model_sharing
 from unisyn_v2.cli import predict as predict_cli

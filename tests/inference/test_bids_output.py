@@ -15,7 +15,7 @@ from unisyn_v2.inference.inputs import discover_cases, is_generated
 from unisyn_v2.phantom import generate_phantom_dataset
 from unisyn_v2.phantom.bids_export import export_bids
 
-from test_predictor_support import make_plans, stand_in_loader, write_model_folder
+from predictor_fixtures import make_plans, stand_in_loader, write_model_folder
 
 
 def test_derivative_paths() -> None:

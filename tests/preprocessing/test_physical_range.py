@@ -13,7 +13,7 @@ from unisyn_v2.preprocessing.case_preprocessor import restore_prediction
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
 from unisyn_v2.preprocessing.foreground import case_foreground, otsu_threshold
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_mni2mm"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "real_mni2mm"
 
 
 def _head_phantom(shape: tuple[int, int, int] = (40, 48, 48)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import pytest
 
 from unisyn_v2.cli.evaluate import main
 
-from test_predictor_support import head_phantom, write_case_image
+from predictor_fixtures import head_phantom, write_case_image
 
 
 def _folders(tmp_path: Path, offset: float = 10.0) -> tuple[Path, Path, Path, Path]:

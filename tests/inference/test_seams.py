@@ -14,7 +14,7 @@ from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.prompts import ImageDescription
 from unisyn_v2.networks.outputs import SynthesisOutput
 
-from test_predictor_support import conditioner, make_plans
+from predictor_fixtures import conditioner, make_plans
 
 SHAPE = (32, 40, 40)
 TILE = (4, 16, 16)

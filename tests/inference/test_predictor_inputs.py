@@ -17,7 +17,7 @@ from unisyn_v2.metadata.fields import ImageMetadata, SubjectMetadata
 from unisyn_v2.metadata.modalities import UnknownModalityError
 from unisyn_v2.metadata.prompts import ImageDescription, build_prompt
 
-from test_predictor_support import IdentityNetwork, conditioner, make_plans, write_case_image
+from predictor_fixtures import IdentityNetwork, conditioner, make_plans, write_case_image
 
 PET_PROMPT = build_prompt("FDG-PET", ImageMetadata(tracer="FDG", unit="SUV", injected_dose=300.0, uptake_time=60.0),
                           SubjectMetadata(age=70.0, sex="F"))

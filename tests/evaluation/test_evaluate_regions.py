@@ -15,7 +15,7 @@ from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.evaluation.evaluate import evaluate_folders
 from unisyn_v2.evaluation.protocols import infer_modality, looks_like_hu, scale_mismatch
 
-from test_predictor_support import head_phantom, write_case_image
+from predictor_fixtures import head_phantom, write_case_image
 
 SHAPE = (14, 18, 18)
 

@@ -16,7 +16,7 @@ from unisyn_v2.cli import predict as predict_cli
 from unisyn_v2.dataset.image_io import read_geometry, read_image
 from unisyn_v2.inference import predictor as predictor_module
 
-from test_predictor_support import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
+from predictor_fixtures import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
 
 
 @pytest.fixture

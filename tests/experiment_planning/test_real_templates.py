@@ -19,7 +19,7 @@ from unisyn_v2.preprocessing.case_preprocessor import restore_prediction
 from unisyn_v2.preprocessing.case_store import load_preprocessed_case
 from unisyn_v2.preprocessing.cropping import bbox_from_list
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_mni2mm"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real_mni2mm"
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real_mni2mm is absent")
 
 CASES = {

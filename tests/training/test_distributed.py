@@ -25,7 +25,7 @@ SETTINGS = {"num_epochs": 2, "iterations_per_epoch": 2, "validation_iterations":
 # The launcher runs in a fresh interpreter, as unisyn_train does: forking pytest itself, after earlier
 # tests ran multi-threaded torch ops, can leave a rank waiting forever on a lock copied mid-use
 # (OpenMP does not survive a fork; launch() documents this).
-LAUNCHER = ("import sys; sys.path.insert(0, sys.argv[1]); from test_distributed import _rank; "
+LAUNCHER = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/..']; from test_distributed import _rank; "
             "from unisyn_v2.training.distributed import launch; "
             "launch(2, _rank, sys.argv[2], sys.argv[3], start_method='fork')")
 WRITE_EVENTS = ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.copyfile", "os.truncate")

@@ -13,7 +13,7 @@ from unisyn_v2.dataset.image_io import read_geometry, read_image
 from unisyn_v2.inference.export import OutputExistsError, image_record, select_cases_to_run
 from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 
-from test_predictor_support import (
+from predictor_fixtures import (
     ConstantNetwork, IdentityNetwork, conditioner, head_phantom, make_plans, oblique_direction, write_case_image,
 )
 

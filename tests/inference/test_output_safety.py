@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_predictor_support import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
+from predictor_fixtures import head_phantom, make_plans, stand_in_loader, write_case_image, write_model_folder
 from unisyn_v2.cli import predict as predict_cli
 from unisyn_v2.dataset.image_io import Geometry, write_image
 from unisyn_v2.evaluation.evaluate import atomic_write_text
