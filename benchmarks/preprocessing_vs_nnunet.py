@@ -10,8 +10,20 @@ PSS splits pages shared between workers, so it is the fairer figure).
 
 Run from the repository root with the project venv; nnU-Net lives in its own venv::
 
-    python -m venv .venv_nnunet && .venv_nnunet/bin/pip install nnunetv2 torch==2.13.0
+    python -m venv .venv_nnunet && .venv_nnunet/bin/pip install nnunetv2 torch==2.13.0 psutil
     .venv/bin/python benchmarks/preprocessing_vs_nnunet.py --cases 20 -np 2 --repeats 3
+    .venv/bin/python benchmarks/preprocessing_vs_nnunet.py --generator templates --cases 8 -np 2 --repeats 3
+
+``--generator templates`` makes a real-size dataset where both tools resample (issue 21): the ICBM152
+T1w and the Rorden CT template of ``shared/data/real_mni2mm`` (2 mm, real images), B-spline resampled
+to 182x218x182 at 1 mm for half the cases and 182x218x152 at 1 x 1 x 1.2 mm for the other half, each
+case shifted by up to 3 mm, its T1w scaled and both given noise. The median spacing (1.1 mm along z)
+differs from every case's, so every case is resampled. ``--quality`` (default on with templates)
+then resamples one noise-free 1.2 mm case to the target spacing with each tool's own resampling
+function (unisyn: ``resample_image`` at the plans' order 1, torch trilinear; nnU-Net:
+``resample_data_or_seg_to_shape`` at its default order 3, skimage cubic) and scores both against the
+truth, the template B-spline-resampled straight onto the output grid (both tools keep the field of view
+with voxel centres at align_corners=False), inside the brain mask.
 
 Results go to ``--out`` as ``result.json`` and ``result.md`` and are printed.
 """
@@ -128,6 +140,115 @@ def folder_mib(folder: Path) -> float:
 
 
 # -------------------------------------------------------------------------------------- datasets
+TEMPLATES = REPO.parent / "shared" / "data" / "real_mni2mm"
+TEMPLATE_FILES = {"T1w": "T1w_icbm152avg.nii.gz", "CT": "CT_rorden30_HU.nii.gz", "mask": "brainmask_bin.nii.gz"}
+TEMPLATE_METADATA = {"T1w": {"field_strength": 3.0, "manufacturer": "Siemens", "repetition_time": 2300.0, "echo_time": 2.3,
+                             "inversion_time": 900.0, "flip_angle": 8.0}, "CT": {"kvp": 120.0}}
+FIELD_OF_VIEW_MM = (182.0, 218.0, 182.0)  # (x, y, z): the MNI 1 mm grid
+
+
+def template_case_grid(index: int, seed: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(spacing, origin) (x, y, z) of case ``index``: 1 mm or 1 x 1 x 1.2 mm, shifted by up to 3 mm."""
+    import numpy as np
+
+    spacing = (1.0, 1.0, 1.0) if index % 2 == 0 else (1.0, 1.0, 1.2)
+    shift = np.random.default_rng([seed, index]).uniform(-3.0, 3.0, 3)
+    return spacing, (-90.0 + float(shift[0]), 126.0 + float(shift[1]), -72.0 + float(shift[2]))
+
+
+def template_on_grid(name: str, spacing: tuple[float, ...], origin: tuple[float, ...], size: tuple[int, ...] | None = None,
+                     nearest: bool = False) -> Any:
+    """A template resampled (B-spline, or nearest for the mask) onto a grid with the templates' direction."""
+    import SimpleITK as sitk
+
+    template = sitk.ReadImage(str(TEMPLATES / TEMPLATE_FILES[name]), sitk.sitkFloat32)
+    size = size or tuple(int(round(f / s)) for f, s in zip(FIELD_OF_VIEW_MM, spacing))
+    default = -1024.0 if name == "CT" else 0.0
+    return sitk.Resample(template, [int(v) for v in size], sitk.Transform(), sitk.sitkNearestNeighbor if nearest else sitk.sitkBSpline,
+                         origin, spacing, template.GetDirection(), default, sitk.sitkFloat32)
+
+
+def write_template_dataset(target: Path, cases: int, seed: int) -> None:
+    """Real-size cases of mixed spacing from the real templates (see the module docstring)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    entries = []
+    for index in range(cases):
+        case_id = f"case{index:03d}"
+        spacing, origin = template_case_grid(index, seed)
+        rng = np.random.default_rng([seed, index, 1])
+        folder = target / case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        images = []
+        for modality in ("T1w", "CT"):
+            image = template_on_grid(modality, spacing, origin)
+            array = sitk.GetArrayFromImage(image)
+            if modality == "T1w":
+                array = np.clip(array, 0, None) * 1000.0 * rng.uniform(0.8, 1.2) + rng.normal(0, 10.0, array.shape)
+            else:
+                array = array + rng.normal(0, 5.0, array.shape)
+            out = sitk.GetImageFromArray(array.astype(np.float32))
+            out.CopyInformation(image)
+            sitk.WriteImage(out, str(folder / f"{case_id}_{modality}.nii.gz"), True)
+            images.append({"file": f"{case_id}/{case_id}_{modality}.nii.gz", "modality": modality,
+                           "metadata": TEMPLATE_METADATA[modality]})
+        mask = template_on_grid("mask", spacing, origin, nearest=True)
+        sitk.WriteImage(sitk.Cast(mask > 0.5, sitk.sitkUInt8), str(folder / f"{case_id}_brainmask.nii.gz"), True)
+        entries.append({"id": case_id, "subject": {"age": 40.0 + index, "sex": "F" if index % 2 else "M"},
+                        "brain_mask": f"{case_id}/{case_id}_brainmask.nii.gz", "images": images})
+    (target / "dataset.json").write_text(json.dumps({"name": "RealTemplates1mm", "description": "ICBM152 T1w and Rorden CT "
+                                                     "templates at 1 mm and 1 x 1 x 1.2 mm (benchmarks/preprocessing_vs_nnunet.py)",
+                                                     "cases": entries}, indent=1))
+
+
+def resampling_quality(seed: int, target_spacing_zyx: tuple[float, float, float], repeats: int = 3) -> dict[str, Any]:
+    """Each tool's resampling of one noise-free 1.2 mm T1w case to the target spacing, against the truth.
+
+    Runs where both nnunetv2 and unisyn_v2 import (the nnU-Net venv, with the repository on sys.path).
+    """
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+    from unisyn_v2.preprocessing.resampling import compute_new_shape, resample_image
+
+    torch.set_num_threads(1)
+    spacing, origin = template_case_grid(1, seed)  # a 1 x 1 x 1.2 mm case
+    case = sitk.GetArrayFromImage(template_on_grid("T1w", spacing, origin)) * 1000.0
+    old_zyx = tuple(reversed(spacing))
+    new_shape = tuple(int(v) for v in compute_new_shape(case.shape, old_zyx, target_spacing_zyx))
+    effective = [o * n / m for o, n, m in zip(old_zyx, case.shape, new_shape)]  # FOV kept: (z, y, x)
+    spacing_xyz = tuple(reversed(effective))
+    centre_shift = [s_in * (0.5 * n / m - 0.5) for s_in, n, m in zip(spacing, reversed(case.shape), reversed(new_shape))]
+    truth_origin = tuple(o + d for o, d in zip(origin, centre_shift))  # direction is diag(1, -1, 1): y flips
+    truth_origin = (truth_origin[0], origin[1] - centre_shift[1], truth_origin[2])
+    truth = sitk.GetArrayFromImage(template_on_grid("T1w", spacing_xyz, truth_origin, tuple(reversed(new_shape)))) * 1000.0
+    brain = sitk.GetArrayFromImage(template_on_grid("mask", spacing_xyz, truth_origin, tuple(reversed(new_shape)), nearest=True)) > 0.5
+    scale = float(np.percentile(truth[brain], 99.5) - np.percentile(truth[brain], 0.5))
+    methods = {
+        "unisyn_v2 order 1 (torch trilinear, its plans before issue 21)": lambda: resample_image(case[None], old_zyx, new_shape=new_shape, order=1)[0],
+        "unisyn_v2 order 3 (cubic spline as matrix products, its plans)": lambda: resample_image(case[None], old_zyx, new_shape=new_shape, order=3)[0],
+        "nnU-Net v2 order 3 (skimage cubic, its default)": lambda: resample_data_or_seg_to_shape(
+            case[None], new_shape, old_zyx, target_spacing_zyx, is_seg=False, order=3, order_z=0)[0],
+    }
+    out: dict[str, Any] = {"case_spacing_xyz": list(spacing), "case_shape_zyx": list(case.shape), "target_spacing_zyx": list(target_spacing_zyx),
+                           "output_shape_zyx": list(new_shape), "brain_voxels": int(brain.sum()), "scale_p995_p005": round(scale, 2),
+                           "methods": {}}
+    for name, function in methods.items():
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            result = np.asarray(function(), dtype=np.float32)
+            times.append(time.perf_counter() - started)
+        error = (result - truth)[brain]
+        out["methods"][name] = {"seconds": round(statistics.median(times), 3),
+                                "rmse_percent_of_range": round(100 * float(np.sqrt(np.mean(error**2))) / scale, 3),
+                                "mae_percent_of_range": round(100 * float(np.mean(np.abs(error))) / scale, 3),
+                                "p99_abs_percent_of_range": round(100 * float(np.percentile(np.abs(error), 99)) / scale, 3)}
+    return out
+
 def make_raw_dataset(args: argparse.Namespace, raw_root: Path, notes: list[str]) -> Path:
     """The source unisyn raw dataset: an existing ``Dataset{ID}_*`` in ``raw_root``, else a new phantom."""
     existing = sorted(raw_root.glob(f"Dataset{args.dataset_id:03d}_*")) if raw_root.is_dir() else []
@@ -135,6 +256,12 @@ def make_raw_dataset(args: argparse.Namespace, raw_root: Path, notes: list[str])
         notes.append(f"took the existing raw dataset {existing[0]}")
         return existing[0]
     target = raw_root / f"Dataset{args.dataset_id:03d}_Phantom"
+    if args.generator == "templates":
+        started = time.perf_counter()
+        write_template_dataset(target, args.cases, args.seed)
+        notes.append(f"real templates resampled to 1 mm / 1 x 1 x 1.2 mm ({args.cases} cases, "
+                     f"{time.perf_counter() - started:.0f} s, not timed in the benchmark)")
+        return target
     if args.generator == "phantom":
         command = [str(Path(sys.executable).parent / "unisyn_phantom"), "-d", str(args.dataset_id), "--cases", str(args.cases),
                    "--seed", str(args.seed), "--modalities", *args.modalities, "--output_dir", str(target),
@@ -205,6 +332,30 @@ def write_nnunet_dataset(source: Path, cases: list[dict[str, Any]], modalities: 
                                                     "name": target.name}, indent=1))
 
 
+def run_quality(args: argparse.Namespace, dataset: Path, work: Path) -> dict[str, Any] | None:
+    """The resampling comparison in the nnU-Net venv, at the target spacing unisyn planned for this dataset."""
+    import numpy as np
+
+    description = json.loads((dataset / "dataset.json").read_text())
+    import SimpleITK as sitk
+
+    spacings = []
+    for case in description["cases"]:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(dataset / case["images"][0]["file"]))
+        reader.ReadImageInformation()
+        spacings.append(tuple(reversed(reader.GetSpacing())))
+    target = tuple(args.target_spacing) if args.target_spacing else tuple(float(v) for v in np.median(spacings, axis=0))
+    out = work / "quality.json"
+    spec = {"seed": args.seed, "target_spacing_zyx": target, "out": str(out)}
+    command = [str(args.nnunet_venv / "bin" / "python"), str(Path(__file__).resolve()), "--quality-child", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0 or not out.is_file():
+        print(f"resampling quality failed: {done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(out.read_text())
+
+
 # --------------------------------------------------------------------------------------- report
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
@@ -255,6 +406,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"- {tool}: " + "; ".join(cells))
     lines += ["", "Commands (each with a fresh output folder):", "```"]
     lines += [result["commands"]["benchmark"], result["commands"]["unisyn"], result["commands"]["nnunet"], "```"]
+    quality = result.get("resampling_quality")
+    if quality:
+        lines += ["", f"Resampling quality: one noise-free case at {quality['case_spacing_xyz']} mm (x, y, z), "
+                      f"{'x'.join(map(str, quality['case_shape_zyx']))} -> {'x'.join(map(str, quality['output_shape_zyx']))} "
+                      f"(target {quality['target_spacing_zyx']} mm z, y, x), against the template B-spline-resampled onto the output "
+                      f"grid, in the brain ({quality['brain_voxels']} voxels); errors in % of the brain's p0.5-p99.5 range; one thread:", "",
+                  "| method | s per volume | RMSE % | MAE % | p99 abs % |", "|---|---|---|---|---|"]
+        for method, m in quality["methods"].items():
+            lines.append(f"| {method} | {m['seconds']} | {m['rmse_percent_of_range']} | {m['mae_percent_of_range']} | "
+                         f"{m['p99_abs_percent_of_range']} |")
     if result["notes"]:
         lines += ["", "Notes:"] + [f"- {note}" for note in result["notes"]]
     return "\n".join(lines) + "\n"
@@ -266,8 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset-id", type=int, default=990, help="dataset id for both tools (default 990)")
     parser.add_argument("--raw-dir", type=Path, default=None,
                         help="unisyn raw folder to take Dataset{ID}_* from; generated there when missing (default: a temp folder)")
-    parser.add_argument("--generator", choices=("phantom", "blob"), default="phantom",
-                        help="how to make a missing dataset (phantom falls back to blob when unisyn_phantom fails)")
+    parser.add_argument("--generator", choices=("phantom", "blob", "templates"), default="phantom",
+                        help="how to make a missing dataset (phantom falls back to blob when unisyn_phantom fails; "
+                             "templates: real templates at 1 mm and 1 x 1 x 1.2 mm, see above)")
+    parser.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
+                        help="score each tool's resampling against the truth (default: on with --generator templates)")
+    parser.add_argument("--quality-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cases", type=int, default=20, help="cases to generate (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
@@ -292,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quality_child:  # in the nnU-Net venv: both tools' resampling functions in one process
+        spec = json.loads(args.quality_child)
+        sys.path.insert(0, str(REPO))
+        Path(spec["out"]).write_text(json.dumps(resampling_quality(spec["seed"], tuple(spec["target_spacing_zyx"]))))
+        return 0
     nnunet_bin = args.nnunet_venv / "bin" / "nnUNetv2_plan_and_preprocess"
     unisyn_bin = args.unisyn_bin / "unisyn_plan_and_preprocess"
     for executable in (nnunet_bin, unisyn_bin):
@@ -362,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.keep:
                     shutil.rmtree(out_dir, ignore_errors=True)
 
+        quality = None
+        if args.quality if args.quality is not None else args.generator == "templates":
+            quality = run_quality(args, unisyn_raw / name, work)
         benchmark_cmd = shlex.join([Path(sys.executable).name, "benchmarks/preprocessing_vs_nnunet.py",
                                     *(argv if argv is not None else sys.argv[1:])])
         result = {
@@ -376,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": {"nnunetv2": subprocess.run([str(args.nnunet_venv / "bin" / "python"), "-c",
                                                      "import importlib.metadata as m; print(m.version('nnunetv2'))"],
                                                     capture_output=True, text=True).stdout.strip()},
-            "runs": runs, "output_mib": outputs, "summary": summarise(runs), "notes": notes,
+            "runs": runs, "output_mib": outputs, "summary": summarise(runs), "notes": notes, "resampling_quality": quality,
         }
         (args.out / "result.json").write_text(json.dumps(result, indent=1))
         text = markdown(result)
