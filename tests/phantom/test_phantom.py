@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from phantom_fixtures import stripe_means
+from phantom_fixtures import stripes as tissue_stripes
 from unisyn_v2.metadata.fields import ImageMetadata, SubjectMetadata
 from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.phantom import (
@@ -35,17 +37,11 @@ def head() -> tuple[dict[str, np.ndarray], object]:
 
 
 def stripes(thickness: int = 6) -> dict[str, np.ndarray]:
-    """One slab of pure tissue per TISSUES entry along z: partial-volume-free ground truth."""
-    shape = (len(TISSUES) * thickness, 12, 12)
-    maps = {t: np.zeros(shape, dtype=np.float32) for t in TISSUES}
-    for i, t in enumerate(TISSUES):
-        maps[t][i * thickness:(i + 1) * thickness] = 1.0
-    return maps
+    return tissue_stripes(TISSUES, thickness, inplane=12)
 
 
 def means(image: np.ndarray, thickness: int = 6) -> dict[str, float]:
-    """Mean of each tissue slab, away from the slab borders."""
-    return {t: float(image[i * thickness + 1:(i + 1) * thickness - 1].mean()) for i, t in enumerate(TISSUES)}
+    return stripe_means(image, TISSUES, thickness)
 
 
 def mri(modality: str, field: float = 3.0, seed: int = 0, subject=None, **timing: float) -> dict[str, float]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from phantom_fixtures import stripe_means
+from phantom_fixtures import stripes as tissue_stripes
 from unisyn_v2.dataset.image_io import read_image
 from unisyn_v2.dataset.integrity import verify_dataset_integrity
 from unisyn_v2.metadata.fields import ImageMetadata
@@ -27,16 +29,11 @@ OFF = {"noise": False, "bias": False, "blur": False}
 
 
 def stripes(thickness: int = 6) -> dict[str, np.ndarray]:
-    """One slab of pure tissue per ALL_TISSUES entry along z."""
-    shape = (len(ALL_TISSUES) * thickness, 8, 8)
-    maps = {t: np.zeros(shape, dtype=np.float32) for t in ALL_TISSUES}
-    for i, t in enumerate(ALL_TISSUES):
-        maps[t][i * thickness:(i + 1) * thickness] = 1.0
-    return maps
+    return tissue_stripes(ALL_TISSUES, thickness, inplane=8)
 
 
 def means(image: np.ndarray, thickness: int = 6) -> dict[str, float]:
-    return {t: float(image[i * thickness + 1:(i + 1) * thickness - 1].mean()) for i, t in enumerate(ALL_TISSUES)}
+    return stripe_means(image, ALL_TISSUES, thickness)
 
 
 @pytest.fixture(scope="module")
