@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from unisyn_v2.contracts.plans import Plans  # noqa: E402
 from unisyn_v2.dataset.image_io import read_image  # noqa: E402
-from unisyn_v2.evaluation.protocols import PAPERS_UPPER_PERCENTILE  # noqa: E402
+from unisyn_v2.evaluation.protocols import PAPERS_UPPER_PERCENTILE, lesion_psnr  # noqa: E402
+from unisyn_v2.metadata.modalities import ModalityFamily, get_modality  # noqa: E402
 from unisyn_v2.experiment_planning import api  # noqa: E402
 from unisyn_v2.io_utils import finite_or_none, read_json, write_json_atomic  # noqa: E402
 from unisyn_v2.paths import preprocessed_dir, raw_dir  # noqa: E402
@@ -152,9 +153,13 @@ def region_psnr(ref: np.ndarray, pred: np.ndarray, region: np.ndarray) -> tuple[
     return finite_or_none(10.0 * math.log10(1.0 / mse) if mse > 0 else None), float(err.sum()), n
 
 
-def score_case(reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def score_case(reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray, labels: np.ndarray,
+               absolute_units: bool = False) -> dict[str, Any]:
     """Lesion, normal tissue and per-class scores of one prediction (normal-tissue scaling), and lesion and
-    normal PSNR with the papers' whole-brain scaling (``*_brain_scaled``)."""
+    normal PSNR with the papers' whole-brain scaling (``*_brain_scaled``). With ``absolute_units`` (CT in HU,
+    PET in SUV: reference and prediction share a unit) also ``*_units``: both images on the reference's brain
+    range, one map (:func:`unisyn_v2.evaluation.protocols.lesion_psnr`, what validation reports), so a
+    prediction is not rescaled by its own normal tissue."""
     lesion = (labels > 0) & mask
     normal = mask & ~ndimage.binary_dilation(labels > 0, iterations=1)
     ref, pred = normal_scale(reference, normal), normal_scale(candidate, normal)
@@ -170,6 +175,9 @@ def score_case(reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray, l
     ref_b, pred_b = common.brain_scale(reference, mask), common.brain_scale(candidate, mask)
     out["psnr_normal_brain_scaled"], _, _ = region_psnr(ref_b, pred_b, normal)
     out["psnr_lesion_brain_scaled"], _, _ = region_psnr(ref_b, pred_b, lesion)
+    if absolute_units:
+        units = lesion_psnr(reference, candidate, mask, labels)
+        out["psnr_lesion_units"], out["psnr_normal_units"] = units.get("lesion_psnr"), units.get("normal_psnr")
     return out
 
 
@@ -202,7 +210,9 @@ def evaluate(config: common.BenchmarkConfig, root: Path, model_folders: dict[str
             candidates["histogram matching"] = common.baselines(case.images[source], case.mask,
                                                                 quantiles[target])["histogram matching"]
             for method, candidate in candidates.items():
-                per_case[key][method][case.case_id] = score_case(case.images[target], candidate, case.mask, labels[case.case_id])
+                per_case[key][method][case.case_id] = score_case(
+                    case.images[target], candidate, case.mask, labels[case.case_id],
+                    absolute_units=get_modality(target).family in (ModalityFamily.CT, ModalityFamily.PET))
     summary: dict[str, Any] = {}
     for key, methods in per_case.items():
         summary[key] = {}
@@ -221,6 +231,9 @@ def evaluate(config: common.BenchmarkConfig, root: Path, model_folders: dict[str
                 "psnr_lesion_brain_scaled": lesion_b, "psnr_normal_brain_scaled": normal_b,
                 "gap_db_brain_scaled": None if lesion_b is None or normal_b is None else normal_b - lesion_b,
                 "psnr_normal_healthy_cases": mean("psnr_normal", healthy),
+                **({"psnr_lesion_units": mean("psnr_lesion_units", lesion_cases),
+                    "psnr_normal_units": mean("psnr_normal_units", lesion_cases)}
+                   if "psnr_lesion_units" in lesion_cases[0] else {}),
                 "classes": {name: pooled_psnr([s["classes"][name] for s in lesion_cases if name in s["classes"]])
                             for name in CLASSES}}
     return {"train_cases": train_ids, "test_cases": test_ids, "test_cases_with_pathology": with_pathology,
@@ -241,7 +254,16 @@ def markdown(config: common.BenchmarkConfig, result: dict[str, Any], fraction: f
         lines.append(f"| {key} | " + " | ".join(f"{_f(scores[m]['gap_db'])} ({_f(scores[m]['psnr_lesion'])} / "
                                                  f"{_f(scores[m]['psnr_normal'])})" for m in methods)
                      + f" | {_f(scores['histogram matching']['gap_db'])} |")
-    lines += ["", "(cells: gap (lesion / normal PSNR))", ""]
+    lines += ["", "(cells: gap (lesion / normal PSNR))", "",
+              "CT and PET in their units (HU, SUV; both images on the reference's brain range): gap (lesion / normal)", "",
+              "| direction | " + " | ".join(m.removeprefix("GFM, ") for m in methods) + " |",
+              "|---|" + "---|" * len(methods)]
+    for key, scores in result["summary"].items():
+        if "psnr_lesion_units" in scores[methods[0]]:
+            cells = [(scores[m]["psnr_lesion_units"], scores[m]["psnr_normal_units"]) for m in methods]
+            lines.append(f"| {key} | " + " | ".join(
+                f"{_f(None if l is None or n is None else n - l)} ({_f(l)} / {_f(n)})" for l, n in cells) + " |")
+    lines.append("")
     for method in methods:
         lines += [f"**{method}**", "", _variant_table(config, result, fraction, method), ""]
     return "\n".join(lines)
