@@ -68,7 +68,7 @@ class Clock:
 
     def allows(self, what: str, section_deadline: float, need_s: float = 0.0) -> bool:
         """True while the section and the total have time left (``need_s``: what the next item needs)."""
-        if time.perf_counter() + need_s > section_deadline or self.left() < need_s:
+        if time.perf_counter() + need_s >= section_deadline or self.left() <= need_s:
             self.skipped.append(what)
             return False
         return True
@@ -198,14 +198,24 @@ def section_training_speed(args: argparse.Namespace, device: torch.device, clock
 
 
 class Variant(nn.Module):
-    """A 2D synthesis network under autocast and/or channels-last whose calls are timed (synchronised)."""
+    """A 2D synthesis network under autocast and/or channels-last whose calls are timed (synchronised).
 
-    def __init__(self, network: nn.Module, device: torch.device, dtype: torch.dtype | None, channels_last: bool) -> None:
+    ``dry``: return zeros of the output's shape without calling the network, which counts the calls and
+    times the predictor's own work (padding, tiling, Gaussian blending) with a free network.
+    """
+
+    def __init__(self, network: nn.Module, device: torch.device, dtype: torch.dtype | None, channels_last: bool,
+                 out_channels: int) -> None:
         super().__init__()
         self.network, self.device, self.dtype, self.channels_last = network, device, dtype, channels_last
+        self.out_channels, self.dry = out_channels, False
         self.calls, self.forward_s = 0, 0.0
 
     def forward(self, source: torch.Tensor, source_text: torch.Tensor, target_text: torch.Tensor) -> SynthesisOutput:
+        self.calls += 1
+        if self.dry:
+            return SynthesisOutput(synthesis=torch.zeros(source.shape[0], self.out_channels, *source.shape[2:],
+                                                         device=source.device), anatomy=None)
         synchronize(self.device)
         started = time.perf_counter()
         if self.channels_last:
@@ -214,7 +224,6 @@ class Variant(nn.Module):
             out = self.network(source, source_text, target_text)
         synthesis = out.synthesis.float().contiguous()
         synchronize(self.device)
-        self.calls += 1
         self.forward_s += time.perf_counter() - started
         return SynthesisOutput(synthesis=synthesis, anatomy=None)
 
@@ -230,50 +239,81 @@ class RandomConditioner:
 
 
 def section_prediction(args: argparse.Namespace, device: torch.device, clock: Clock, deadline: float) -> dict[str, Any]:
-    """(c): one whole brain through UniSynPredictor.predict_normalized, per precision/format variant."""
+    """(c): one whole brain through UniSynPredictor.predict_normalized, per precision/format variant.
+
+    A dry pass (zeros instead of the network) counts the network calls and times the predictor's own
+    work; each variant then times 3 calls and is run in full only if the projection (calls x time per
+    call + that overhead) fits the section's time left, else it records the projection.
+    """
     from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 
     preset = "cpu" if args.tiny else "paper"
     volume = (12, 40, 36) if args.tiny else BRAIN_ZYX
     plans = plans_for(preset, TINY_CROP_ZYX if args.tiny else CROP_ZYX, None if args.tiny else 80.0, ("2.5d",))
     config = plans.configuration("2.5d")
+    kwargs = config.network_kwargs
     torch.manual_seed(0)
-    network = build_synthesis_network("gfm", config.network_kwargs).to(device).eval()
+    network = build_synthesis_network("gfm", kwargs).to(device).eval()
     image = np.random.default_rng(0).random((1, *volume), dtype=np.float32)
     half = torch.bfloat16 if device.type == "cpu" else torch.float16
-    variants: list[tuple[str, torch.dtype | None, bool, bool]] = [
-        ("fp32", None, False, False), ("fp16" if device.type == "cuda" else "bf16 (cpu half)", half, False, False),
+    variants: list[tuple[str, torch.dtype | None, bool, bool]] = [  # cheapest first; compile needs minutes to build
         ("bf16", torch.bfloat16, False, False), ("bf16 + channels-last", torch.bfloat16, True, False),
+        ("fp16" if device.type == "cuda" else "bf16 (cpu half)", half, False, False), ("fp32", None, False, False),
         ("bf16 + torch.compile", torch.bfloat16, False, True)]
     if device.type == "cpu":
-        variants = [v for v in variants if v[0] != "bf16"]  # the same as the cpu half above
+        variants = [v for v in variants if v[0] not in ("bf16", "bf16 + channels-last")] + \
+            [("bf16 + channels-last", torch.bfloat16, True, False)]  # bf16 is the cpu half above
+        variants = [variants[1], variants[0], *variants[2:]]  # fp32 first on the CPU (tests read this order)
     if args.no_compile:
         variants = [v for v in variants if not v[3]]
+    z_step = None if args.slab_z_step == 0 else args.slab_z_step
+    settings = PredictionSettings(step_size=0.5, tile_batch_size=args.tile_batch, progress=False, slab_z_step=z_step)
+    text_dim = int(kwargs["text_dim"])
+    dry = Variant(network, device, None, False, int(kwargs["out_channels"]))
+    dry.dry = True
+    predictor = UniSynPredictor([dry], RandomConditioner(text_dim), plans, "2.5d", device=device, settings=settings)
+    with torch.inference_mode():
+        synchronize(device)
+        started = time.perf_counter()
+        predictor.predict_normalized(image, None, None)
+        synchronize(device)
+    overhead_s, calls = time.perf_counter() - started, dry.calls
     rows = []
     for name, dtype, channels_last, compiled in variants:
-        if not clock.allows(f"(c) prediction {name}", deadline):
+        if not clock.allows(f"(c) prediction {name}", deadline, 120.0 if compiled and not args.tiny else 0.0):
             continue
-        inner: nn.Module = network.to(memory_format=torch.channels_last) if channels_last else network.to(memory_format=torch.contiguous_format)
+        inner: nn.Module = network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         if compiled:
             inner = torch.compile(inner)
-        variant = Variant(inner, device, dtype, channels_last)
-        predictor = UniSynPredictor([variant], RandomConditioner(int(config.network_kwargs["text_dim"])), plans, "2.5d",
-                                    device=device, settings=PredictionSettings(step_size=0.5, tile_batch_size=args.tile_batch,
-                                                                               progress=False))
+        variant = Variant(inner, device, dtype, channels_last, int(kwargs["out_channels"]))
+        predictor = UniSynPredictor([variant], RandomConditioner(text_dim), plans, "2.5d", device=device, settings=settings)
         row: dict[str, Any] = {"variant": name}
         try:
+            probe = torch.rand(args.tile_batch, int(kwargs["in_channels"]), *config.patch_size[1:], device=device)
+            texts = torch.randn(args.tile_batch, text_dim, device=device)
             with torch.inference_mode():
-                if compiled or args.warmup_prediction:  # compile (or warm up) on a small volume first
-                    predictor.predict_normalized(image[:, : config.patch_size[0] + 1, :64, :64], None, None)
-                variant.calls, variant.forward_s = 0, 0.0
-                synchronize(device)
                 started = time.perf_counter()
-                prediction = predictor.predict_normalized(image, None, None)
-                synchronize(device)
-            row.update(api_s=round(time.perf_counter() - started, 3), forward_s=round(variant.forward_s, 3),
-                       network_calls=variant.calls, tiles=variant.calls * args.tile_batch,
-                       finite=bool(np.isfinite(prediction).all()), shape=list(prediction.shape))
-            row["overhead_s"] = round(row["api_s"] - row["forward_s"], 3)
+                variant(probe, texts, texts)  # warm-up (compilation, cuDNN autotuning)
+                row["first_call_s"] = round(time.perf_counter() - started, 3)
+                variant.calls, variant.forward_s = 0, 0.0
+                for _ in range(3):
+                    variant(probe, texts, texts)
+            per_call = variant.forward_s / 3
+            row["projected_s"] = round(calls * per_call + overhead_s, 2)
+            if time.perf_counter() + 1.5 * row["projected_s"] > deadline or 1.5 * row["projected_s"] > clock.left():
+                row["skipped"] = "projection exceeds the time left"
+                clock.skipped.append(f"(c) prediction {name} (projected {row['projected_s']} s)")
+            else:
+                variant.calls, variant.forward_s = 0, 0.0
+                with torch.inference_mode():
+                    synchronize(device)
+                    started = time.perf_counter()
+                    prediction = predictor.predict_normalized(image, None, None)
+                    synchronize(device)
+                row.update(api_s=round(time.perf_counter() - started, 3), forward_s=round(variant.forward_s, 3),
+                           network_calls=variant.calls, tiles=variant.calls * args.tile_batch,
+                           finite=bool(np.isfinite(prediction).all()), shape=list(prediction.shape))
+                row["overhead_s"] = round(row["api_s"] - row["forward_s"], 3)
         except Exception as error:  # noqa: BLE001 - a variant that fails is a finding, not the end of the check
             row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         rows.append(row)
@@ -281,8 +321,9 @@ def section_prediction(args: argparse.Namespace, device: torch.device, clock: Cl
         del predictor, variant
         free_memory(device)
     return {"preset": preset, "volume_zyx": list(volume), "patch": list(config.patch_size), "step_size": 0.5,
-            "tile_batch": args.tile_batch, "params_m": round(sum(p.numel() for p in network.parameters()) / 1e6, 1),
-            "rows": rows}
+            "slab_z_step": z_step, "tile_batch": args.tile_batch, "network_calls": calls,
+            "dry_run_overhead_s": round(overhead_s, 3),
+            "params_m": round(sum(p.numel() for p in network.parameters()) / 1e6, 1), "rows": rows}
 
 
 def section_monai(args: argparse.Namespace, device: torch.device, clock: Clock, deadline: float) -> dict[str, Any]:
@@ -352,9 +393,13 @@ def markdown(result: dict[str, Any]) -> str:
         pred = {"preset": "-", "params_m": "-", "volume_zyx": [], "step_size": "-", "tile_batch": "-", "rows": []}
     lines += ["", f"(c) {pred['preset']} GFM ({pred['params_m']} M) prediction of one {'x'.join(map(str, pred['volume_zyx']))} "
                   f"volume, step {pred['step_size']}, tile batch {pred['tile_batch']}, through UniSynPredictor.predict_normalized:", "",
-              "| variant | API (s) | network calls timed (s) | overhead (s) | tiles | finite |", "|---|---|---|---|---|---|"]
+              f"{pred.get('network_calls')} network calls (slabs every {pred.get('slab_z_step') or 'half patch'} slice(s)); "
+              f"the predictor's own work with a free network (dry run): {pred.get('dry_run_overhead_s')} s.", "",
+              "| variant | first call (s) | projected (s) | API (s) | network calls timed (s) | overhead (s) | tiles | finite |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in pred["rows"]:
-        lines.append(f"| {r['variant']} | {r.get('api_s', r.get('error'))} | {r.get('forward_s', '')} | {r.get('overhead_s', '')} | "
+        lines.append(f"| {r['variant']} | {r.get('first_call_s', '')} | {r.get('projected_s', '')} | "
+                     f"{r.get('api_s', r.get('error', r.get('skipped')))} | {r.get('forward_s', '')} | {r.get('overhead_s', '')} | "
                      f"{r.get('tiles', '')} | {r.get('finite', '')} |")
     monai = result["monai"]
     if "rows" in monai:
@@ -375,13 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="folder for result.json and result.md")
     parser.add_argument("--time-guard", type=float, default=None, help="total seconds (default 450; --tiny 120)")
     parser.add_argument("--budgets", type=float, nargs="+", default=None, help="GiB (default 16 40 80; --tiny 1)")
-    parser.add_argument("--presets", nargs="+", default=None, help="default small medium large paper; --tiny cpu")
+    parser.add_argument("--presets", nargs="+", default=None, help="default paper large medium small (in this order, as time allows); --tiny cpu")
     parser.add_argument("--configurations", nargs="+", default=["2.5d", "3d"], choices=["2.5d", "3d"])
     parser.add_argument("--kinds", nargs="+", default=["gfm", "crossattn"], choices=["gfm", "crossattn"])
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per row (default 3; --tiny 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1; --tiny 0)")
     parser.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default 4, unisyn_predict's)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--slab-z-step", type=int, default=1,
+                        help="(c) 2.5D slabs every N slices (default 1, the predictor's default; 0: step 0.5 along z too)")
     parser.add_argument("--warmup-prediction", action="store_true", help="a small warm-up prediction before each variant")
     parser.add_argument("--sections", nargs="+", default=["memory", "training", "prediction", "monai"],
                         choices=["memory", "training", "prediction", "monai"])
@@ -396,11 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but torch sees no CUDA device (use --device cpu --tiny to check the script)", file=sys.stderr)
         return 2
     args.budgets = args.budgets or ([1.0] if args.tiny else [16.0, 40.0, 80.0])
-    args.presets = args.presets or (["cpu"] if args.tiny else ["small", "medium", "large", "paper"])
+    args.presets = args.presets or (["cpu"] if args.tiny else ["paper", "large", "medium", "small"])  # most telling first
     args.steps = args.steps or (1 if args.tiny else 3)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.tiny else 1)
     args.no_compile = args.no_compile or (args.tiny and device.type == "cpu")  # compiling needs a C++ toolchain and minutes
-    guard = args.time_guard or (120.0 if args.tiny else 450.0)
+    guard = args.time_guard if args.time_guard is not None else (120.0 if args.tiny else 450.0)
     clock = Clock(guard)
     shares = {"memory": 0.40, "training": 0.08, "prediction": 0.42, "monai": 0.10}
     sections: dict[str, Callable[..., dict[str, Any]]] = {"memory": section_memory, "training": section_training_speed,

@@ -39,7 +39,7 @@ def test_tiny_cpu_run_reports_every_section(tmp_path: Path) -> None:
 
 
 def test_time_guard_skips_what_does_not_fit(tmp_path: Path) -> None:
-    assert gpu_check.main(["--device", "cpu", "--tiny", "--time-guard", "0.001", "--sections", "memory",
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--time-guard", "0", "--sections", "memory",
                            "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["memory"]["rows"] == [] and any(s.startswith("(a) cpu") for s in result["skipped"])
