@@ -30,6 +30,11 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss_region", nargs="+", default=None, metavar="FAMILY=REGION",
                         help="where the synthesis loss counts per target family: brain or head (default CT=head "
                              "MRI=brain PET=brain; e.g. --loss_region PET=head)")
+    parser.add_argument("--lesion_oversample", type=float, default=None, metavar="F",
+                        help="share of training patches centred on a lesion of the cases with a lesion_mask (default 0.33; "
+                             "BENCHMARKS.md, 'Synthesis inside lesions': 0.66 with --lesion_weight 5 closes most of the gap)")
+    parser.add_argument("--lesion_weight", type=float, default=None, metavar="W",
+                        help="synthesis-loss weight inside lesions (default 1)")
     parser.add_argument("--neuroclip_image_encoder", default=None, choices=NEUROCLIP_IMAGE_ENCODERS,
                         help="NeuroCLIP's image tower: cnn (default) or vit (TUMSyn's 3D ViT)")
 
@@ -42,7 +47,8 @@ def plan_choices(args: argparse.Namespace) -> api.PlanChoices:
         if not sep:
             raise SystemExit(f"error: --loss_region takes FAMILY=REGION pairs (e.g. PET=head), got {item!r}")
         regions[family.strip().upper()] = region.strip().lower()
-    return api.PlanChoices(loss_region=regions or None, neuroclip_image_encoder=args.neuroclip_image_encoder)
+    return api.PlanChoices(loss_region=regions or None, neuroclip_image_encoder=args.neuroclip_image_encoder,
+                           lesion_oversample=args.lesion_oversample, lesion_weight=args.lesion_weight)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

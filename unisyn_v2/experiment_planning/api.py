@@ -75,12 +75,18 @@ class PlanChoices:
 
     loss_region: dict[str, str] | None = None  # family -> brain | head, merged over the default
     neuroclip_image_encoder: str | None = None  # cnn | vit
+    lesion_oversample: float | None = None  # share of patches centred on a lesion (cases with lesion masks)
+    lesion_weight: float | None = None  # synthesis-loss weight inside lesions
 
     def apply(self, plans: Plans) -> Plans:
         """The plans with these choices written in, validated as a plans file is on load."""
         training, neuroclip = plans.training, plans.neuroclip
         if self.loss_region:
             training = replace(training, loss_region={**training.loss_region, **self.loss_region})
+        if self.lesion_oversample is not None:
+            training = replace(training, lesion_oversample=float(self.lesion_oversample))
+        if self.lesion_weight is not None:
+            training = replace(training, lesion_weight=float(self.lesion_weight))
         if self.neuroclip_image_encoder:
             neuroclip = replace(neuroclip, image_encoder=self.neuroclip_image_encoder)
         return Plans.from_dict(replace(plans, training=training, neuroclip=neuroclip).to_dict(), source="plan options")
