@@ -314,3 +314,10 @@ def test_generated_protocols_always_pass_the_integrity_check(tmp_path: Path) -> 
             assert draw_protocol(name, rng).problems() == [], name
     root = generate_phantom_dataset(tmp_path / "Dataset009_Check", num_cases=6, seed=3, shape=(24, 24, 24), voxel_size_mm=(8.0, 8.0, 8.0))
     assert verify_dataset_integrity(root) == []
+
+
+def test_phantom_command_also_writes_a_bids_tree(tmp_path: Path) -> None:
+    bids = tmp_path / "bids"
+    assert phantom_main(["-d", "7", "--cases", "2", "--seed", "1", "--shape", "16", "16", "16", "--voxel_size", "12", "12",
+                         "12", "--output_dir", str(tmp_path / "raw"), "--bids", str(bids), "--verbose"]) == 0
+    assert (bids / "dataset_description.json").is_file() and sorted(p.name for p in bids.glob("sub-*"))

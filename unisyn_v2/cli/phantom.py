@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from unisyn_v2.cli.common import add_common_arguments, run_cli
-from unisyn_v2.parallel import apply_thread_policy
 from unisyn_v2.dataset.image_io import write_image
 from unisyn_v2.metadata.modalities import get_modality
 from unisyn_v2.metadata.prompts import parse_prompt
@@ -82,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad arguments or a refused folder)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    apply_thread_policy(args.threads)
+    return run_cli(_generate, build_parser().parse_args(argv))  # logging (--verbose) and threads as every command
+
+
+def _generate(args: argparse.Namespace) -> int:
     if args.dataset_id < 0 or args.dataset_id > 999:
         logger.error("dataset id must be within 0-999 (got %d)", args.dataset_id)
         return 2
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("--thick_slices: %s", error)
             return 2
     if args.bids is not None:
-        from .bids_export import export_bids
+        from unisyn_v2.phantom.bids_export import export_bids
 
         try:
             export_bids(output, args.bids, overwrite=args.overwrite, name=args.name)
