@@ -19,7 +19,9 @@ from unisyn_v2.inference.predictor import PredictionSettings, UniSynPredictor
 from unisyn_v2.networks.factory import build_synthesis_network
 from unisyn_v2.networks.liif import LIIFDecoder, grid_coordinates, liif_decoder_of
 from unisyn_v2.phantom.slice_profile import profile_matrix, render_thick_slices
-from unisyn_v2.training.liif_training import coarse_shape, degrade, draw_factors, gather_points, sample_points
+from unisyn_v2.training.liif_training import (
+    coarse_shape, degrade, draw_factors, gather_points, make_liif_batch, sample_points,
+)
 from unisyn_v2.training.run_training import run_training
 from unisyn_v2.training.settings import TrainerSettings
 
@@ -78,6 +80,13 @@ def test_factory_builds_liif_for_3d_only_and_plans_refuse_it_for_slabs() -> None
     for kind in ("gfm", "crossattn"):
         decoder = liif_decoder_of(build_synthesis_network(kind, kwargs))
         assert decoder is not None and decoder.max_scale == (3.0, 1.0, 1.0)
+    options = {"liif_interpolate_features": True, "liif_residual": True, "liif_max_share": 1.0, "liif_queries": 0}
+    decoder = liif_decoder_of(build_synthesis_network("gfm", {**kwargs, **options}))
+    assert decoder is not None and decoder.interpolate_features and decoder.base is not None
+    patch = {k: torch.rand(2, 1, 6, 4, 4) for k in ("source", "target", "source_clean", "weight", "source_weight")}
+    batch = make_liif_batch(patch, decoder, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert batch.factors == (3.0, 1.0, 1.0) and batch.source.shape == (2, 1, 2, 4, 4)  # the largest factor
+    assert batch.coords.shape == (2, 96, 3) and torch.equal(batch.target_values[:, :, 0], patch["target"].flatten(1))
     with pytest.raises(ValueError, match="3D configuration"):
         build_synthesis_network("gfm", {**kwargs, "dims": 2})
     with pytest.raises(ValueError, match="decoder must be one of"):
