@@ -199,7 +199,11 @@ def test_trainer_takes_head_width_and_gain_from_the_plans_and_uses_the_prompt_ga
     kwargs = QMRITrainer.network_info(trainer)["kwargs"]
     assert kwargs["qmap_hidden"] == [16, 16] and kwargs["qmri_gain"] == "prompt"
     trainer.config = SimpleNamespace(network_kwargs={"feature_dim": 8})
-    assert QMRITrainer.network_info(trainer)["kwargs"]["qmap_hidden"] == list(QMRITrainer.qmap_hidden)
+    kwargs = QMRITrainer.network_info(trainer)["kwargs"]
+    assert kwargs["qmap_hidden"] == list(QMRITrainer.qmap_hidden) and kwargs["qmri_compartments"] == 3  # new trainings
+    old_folder = {"dims": 2, "in_channels": 4, "out_channels": 4, "encoder_width": 8, "num_blocks": 1, "feature_dim": 8,
+                  "text_dim": TEXT_DIM + PHYSICS_DIM, "decoder_hidden": [8], "qmap_hidden": [8]}
+    assert build_qmri_network(**old_folder).compartments == 1  # trainer.json written before the key: one compartment
 
     torch.manual_seed(0)
     net = build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,

@@ -44,6 +44,9 @@ class QMRITrainer(GFMTrainer):
     network_kind: ClassVar[str] = "gfm_qmri"
     conditioning: ClassVar[str] = "text"
     qmap_hidden: ClassVar[tuple[int, ...]] = (64, 64)
+    # three compartments whose signals add (grey/white/CSF starts): on the prompt sweep they fixed the CSF the single
+    # compartment misread (BENCHMARKS.md); written into trainer.json, so model folders without the key keep one
+    qmri_compartments: ClassVar[int] = 3
     _ratios: dict[tuple[str, str], float] | None = None
 
     def build_conditioner(self) -> Any:
@@ -51,7 +54,8 @@ class QMRITrainer(GFMTrainer):
         return PhysicsTextConditioner(super().build_conditioner())
 
     def network_info(self) -> dict[str, Any]:
-        kwargs = {"qmap_hidden": list(self.qmap_hidden), **self.config.network_kwargs, **self.network_overrides}
+        kwargs = {"qmap_hidden": list(self.qmap_hidden), "qmri_compartments": self.qmri_compartments,
+                  **self.config.network_kwargs, **self.network_overrides}
         kwargs["qmap_hidden"] = [int(v) for v in kwargs["qmap_hidden"]]  # plans may set qmap_hidden / qmri_gain
         if self.conditioner is not None:
             kwargs["text_dim"] = int(self.conditioner.text_dim)
