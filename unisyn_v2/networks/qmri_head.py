@@ -8,6 +8,13 @@ rendered from them with the signal equation of its sequence and the prompt's TR,
 field strength (:mod:`unisyn_v2.metadata.signal_equations`, the phantom's physics). CT and PET
 targets (and MR modalities without a signal model) keep the GFM's decoder.
 
+With ``qmri_compartments`` K > 1 (the trainer's default 3) the head predicts K such sets per voxel plus softmax
+fractions, started at grey matter, white matter and CSF, and the rendered signal is the fraction-weighted sum of
+the compartments' signals (the phantom's partial-volume model). With one set, a voxel turning from tissue into
+CSF must take its T1 through the inversion null of FLAIR/MPRAGE targets, where the loss rises; on the prompt
+sweep part of the CSF stayed tissue-like (BENCHMARKS.md). The exported maps are then effective ones
+(:meth:`QMRINetwork.effective_maps`).
+
 The rendered image is a physical signal in PD units, not the MRI contract's normalised scale (brain
 0.5/99.5th percentiles -> 0/1), which depends on the whole image. So: training compares it with the
 target patch after one least-squares gain in the brain against the target taken back to raw units
