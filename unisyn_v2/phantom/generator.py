@@ -246,7 +246,7 @@ def case_anatomy(spec: PhantomSpec, case_index: int) -> PhantomAnatomy:
         tissues = simulate_subject(case_rng(spec.seed, case_index, _ANATOMY_STREAM), spec.shape, spec.voxel_size,
                                    subject=subject, pathology=pathology, sinuses=spec.sinuses)
         geometry = VolumeGeometry.centred(spec.shape, spec.voxel_size)
-    return PhantomAnatomy(tissues, subject, brain_mask(tissues), geometry, pathology)
+    return PhantomAnatomy(tissues, subject, brain_mask(tissues, exclude_extracerebral=spec.sinuses), geometry, pathology)
 
 
 def case_session(spec: PhantomSpec, case_index: int) -> tuple[list[str], dict[ModalityFamily, dict[str, Any]]]:
