@@ -220,6 +220,12 @@ def train(config: BenchmarkConfig, trainer: str, tasks: tuple[Task, ...] | None 
         tasks=tasks, continue_training=True, final_validation=stage1, num_workers=config.num_workers)
     instance = build_trainer(config.dataset_id, trainer, config.fold, device=config.device, settings=settings)
     label = trainer + (f" {','.join(task_key(*t) for t in tasks)}" if tasks else "")
+    return run_or_reuse(config, instance, settings, label)
+
+
+def run_or_reuse(config: BenchmarkConfig, instance: Any, settings: TrainerSettings, label: str) -> tuple[Path, float]:
+    """Run a built trainer, or reuse its finished fold when it was trained with the same budget (an error when
+    another budget trained it); records the seconds. Returns (model folder, seconds spent now; 0 when reused)."""
     budget = {"num_epochs": settings.num_epochs, "iterations_per_epoch": settings.iterations_per_epoch}
     budget_file = instance.fold_folder / "benchmark_budget.json"
     if (instance.fold_folder / "checkpoint_final.pth").is_file():

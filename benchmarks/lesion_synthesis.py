@@ -101,23 +101,7 @@ def train_variant(config: common.BenchmarkConfig, plans_name: str, text_encoder:
                                extra={"text_encoder": str(text_encoder)})
     instance = build_trainer(config.dataset_id, "gfm", config.fold, plans_name=plans_name, device=config.device,
                              settings=settings)
-    budget = {"num_epochs": settings.num_epochs, "iterations_per_epoch": settings.iterations_per_epoch}
-    budget_file = instance.fold_folder / "benchmark_budget.json"
-    if (instance.fold_folder / "checkpoint_final.pth").is_file():
-        if budget_file.is_file() and read_json(budget_file) != budget:
-            raise RuntimeError(f"{instance.fold_folder} was trained with {read_json(budget_file)}, not {budget}; "
-                               "use another --out for another budget")
-        logger.info("reusing %s", instance.fold_folder)
-        return instance.model_folder
-    logger.info("training gfm with %s -> %s", plans_name, instance.fold_folder)
-    started = time.perf_counter()
-    instance.run()
-    write_json_atomic(budget_file, budget)
-    timings = config.workspace / "training_seconds.json"
-    record = read_json(timings) if timings.is_file() else {}
-    record[str(instance.fold_folder.relative_to(config.workspace))] = round(time.perf_counter() - started, 1)
-    write_json_atomic(timings, record)
-    return instance.model_folder
+    return common.run_or_reuse(config, instance, settings, f"gfm with {plans_name}")[0]
 
 
 def ensure_dataset(config: common.BenchmarkConfig, fraction: float) -> Path:
