@@ -108,7 +108,8 @@ def test_training_killed_twice_then_resumed_equals_uninterrupted(unisyn_dirs: di
     write_text_encoder(unisyn_dirs["results"], plans)
     reference_root = tmp_path / "reference_results"
     write_text_encoder(reference_root, plans)
-    args = ["902", "gfm", "0", "--epochs", "8", "--iterations_per_epoch", "2", "--validation_iterations", "1",
+    epochs = 30  # kills land on epochs, not after a delay: a tiny epoch on an idle machine takes milliseconds
+    args = ["902", "gfm", "0", "--epochs", str(epochs), "--iterations_per_epoch", "2", "--validation_iterations", "1",
             "--num_workers", "0", "--no_final_validation", "--device", "cpu"]
     monkeypatch.setenv("UNISYN_RESULTS", str(reference_root))
     assert train_cli.main(args) == 0
@@ -117,12 +118,17 @@ def test_training_killed_twice_then_resumed_equals_uninterrupted(unisyn_dirs: di
     fold = unisyn_dirs["results"] / DATASET_NAME / "GFMTrainer__unisynPlans__2.5d" / "fold_0"
     latest = fold / "checkpoint_latest.pth"
     rng = random.Random(SEED)
-    log = tmp_path / "train.log"
-    process = _start("unisyn_train", args, log)
-    _kill_when(process, latest.is_file, rng.uniform(0, 0.6), log)
-    stamp = latest.stat().st_mtime_ns
-    process = _start("unisyn_train", args + ["--c"], log)
-    _kill_when(process, lambda: latest.is_file() and latest.stat().st_mtime_ns != stamp, rng.uniform(0, 0.6), log)
+    first_kill = rng.randint(2, 6)
+    second_kill = first_kill + rng.randint(3, 8)
+
+    def reached(log: Path, epoch: int) -> Callable[[], bool]:
+        return lambda: latest.is_file() and f"epoch {epoch}/{epochs}" in log.read_text(errors="replace")
+
+    first_log, second_log = tmp_path / "train_1.log", tmp_path / "train_2.log"
+    process = _start("unisyn_train", args, first_log)
+    _kill_when(process, reached(first_log, first_kill), 0.0, first_log)
+    process = _start("unisyn_train", args + ["--c"], second_log)
+    _kill_when(process, reached(second_log, second_kill), 0.0, second_log)
     assert not (fold / "checkpoint_final.pth").exists()
     dead, live = _plant_temp_files(fold, process.pid)
 
@@ -132,12 +138,12 @@ def test_training_killed_twice_then_resumed_equals_uninterrupted(unisyn_dirs: di
     assert not _temp_files(unisyn_dirs["results"])
     expected = load_checkpoint(reference_root / DATASET_NAME / fold.parent.name / "fold_0" / "checkpoint_final.pth")
     got = load_checkpoint(fold / "checkpoint_final.pth")
-    assert got["current_epoch"] == expected["current_epoch"] == 8
+    assert got["current_epoch"] == expected["current_epoch"] == epochs
     assert expected["network_weights"].keys() == got["network_weights"].keys()
     for key, value in expected["network_weights"].items():
         assert torch.equal(value, got["network_weights"][key]), key
     assert got["progress"]["values"]["train_loss"] == expected["progress"]["values"]["train_loss"]
-    assert "epoch 8/8" in (fold / "training_log.txt").read_text()
+    assert f"epoch {epochs}/{epochs}" in (fold / "training_log.txt").read_text()
 
 
 def test_prediction_killed_then_continued_equals_uninterrupted(unisyn_dirs: dict[str, Path], tmp_path: Path) -> None:
