@@ -45,6 +45,7 @@ def test_demo_end_to_end_and_rerun(unisyn_dirs: dict[str, Path], tmp_path: Path,
     assert {"model", "identity", "histogram_matching"} <= set(report["validation"]["T1w->CT"])
     assert {"model_head_mae_hu", "model_bone_dice", "model_bone_mae"} <= set(report["validation"]["T1w->CT"])
     assert "model_bone_dice" not in report["validation"]["T1w->FDG-PET"]
+    assert report["lowest_value"]["CT"] >= -1024.0 and report["lowest_value"]["FDG-PET"] >= 0.0  # physical ranges
     ct_summary = json.loads(Path(report["evaluations"]["CT"]["summary"]).read_text())
     assert {"head_mae", "bone_dice", "bone_mae"} <= set(ct_summary["mean"])  # the skull is scored, not only the brain
     assert "validation T1w->CT" in printed and "bone Dice" in printed

@@ -175,7 +175,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                                                   settings=PredictionSettings(progress=False))
     report: dict[str, Any] = {"raw_dataset": str(raw_root), "plans": str(preprocessed_dir() / raw_root.name / f"{plans.plans_name}.json"),
                               "neuroclip_model": str(clip_trainer.model_folder), "synthesis_model": str(gfm_trainer.model_folder),
-                              "predictions": {}, "evaluations": {}, "figures": str(output / "figures")}
+                              "predictions": {}, "evaluations": {}, "lowest_value": {}, "figures": str(output / "figures")}
     for target in DEMO_TARGETS:
         predictions = output / "predictions" / target
         predictor.predict([inputs], predictions, target, overwrite=True)
@@ -183,6 +183,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         summary = _evaluate_target(target, predictions, truths, output)
         if summary is not None:
             report["evaluations"][target] = {"summary": str(output / f"summary_T1w_to_{target}.json"), "mean": summary.get("mean")}
+        # the physical range (CT >= -1024 HU, SUV >= 0) as written, for every held-out prediction
+        report["lowest_value"][target] = min(float(read_image(p)[0].min()) for p in predictions.glob(f"*_{target}.nii.gz"))
     report["validation"] = validation_against_baselines(gfm_trainer.layout.validation(gfm_trainer.fold) / "summary.json")
     write_json_atomic(output / "demo_report.json", json.loads(json.dumps(report, default=str)))
     return report

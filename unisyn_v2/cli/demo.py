@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("raw_dataset", "plans", "neuroclip_model", "synthesis_model", "figures"):
             print(f"  {key:16s} {report[key]}")
         for target, folder in report["predictions"].items():
-            print(f"  predictions {target:8s} {folder}")
+            lowest = report.get("lowest_value", {}).get(target)
+            print(f"  predictions {target:8s} {folder}" + (f"  (lowest value {lowest:.4g})" if lowest is not None else ""))
         for target, evaluation in report["evaluations"].items():
             mean = evaluation["mean"] or {}
             metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in mean.items())
