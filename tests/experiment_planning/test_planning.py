@@ -207,12 +207,14 @@ def test_plan_options_of_the_command_line_reach_the_plans(unisyn_dirs: dict[str,
 
     write_blob_dataset(unisyn_dirs["raw"] / "Dataset002_Blob", num_cases=3)
     args = ["-d", "2", "--no_pp", "-np", "1", "--no_pbar", "--loss_region", "pet=head", "--lesion_oversample", "0.66",
-            "--lesion_weight", "5", "--neuroclip_image_encoder", "vit"]
+            "--lesion_weight", "5", "--neuroclip_image_encoder", "vit", "--decoder_3d", "liif"]
     assert plan_and_preprocess_main(args) == 0
     plans = Plans.load(unisyn_dirs["preprocessed"] / "Dataset002_Blob" / "unisynPlans.json")
     assert plans.loss_region("PET") == "head" and plans.loss_region("CT") == "head" and plans.loss_region("MRI") == "brain"
     assert (plans.training.lesion_oversample, plans.training.lesion_weight) == (0.66, 5.0)
     assert plans.neuroclip.image_encoder == "vit"
+    assert plans.configuration("3d").network_kwargs["decoder"] == "liif"
+    assert plans.configuration("2.5d").network_kwargs.get("decoder", "conv") == "conv"  # LIIF is 3D only
     capsys.readouterr()
     assert plan_and_preprocess_main(["-d", "2", "--no_pp", "-np", "1", "--loss_region", "CT=skull"]) != 0
     assert "training.loss_region.CT" in capsys.readouterr().err  # refused with the field named, nothing written

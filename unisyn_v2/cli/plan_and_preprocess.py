@@ -9,7 +9,7 @@ from unisyn_v2.cli.common import EXIT_USER_ERROR, add_common_arguments, run_cli
 from unisyn_v2.dataset.description import DatasetError
 from unisyn_v2.experiment_planning import api
 from unisyn_v2.experiment_planning.planner import DEFAULT_PLANS_NAME
-from unisyn_v2.contracts.plans import NEUROCLIP_IMAGE_ENCODERS
+from unisyn_v2.contracts.plans import NETWORK_DECODERS, NEUROCLIP_IMAGE_ENCODERS
 
 
 def _dataset(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +35,9 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
                              "BENCHMARKS.md, 'Synthesis inside lesions': 0.66 with --lesion_weight 5 closes most of the gap)")
     parser.add_argument("--lesion_weight", type=float, default=None, metavar="W",
                         help="synthesis-loss weight inside lesions (default 1)")
+    parser.add_argument("--decoder_3d", default=None, choices=NETWORK_DECODERS,
+                        help="decoder of the 3d configuration: conv (default) or liif (TUMSyn's implicit decoder: "
+                             "unisyn_train -c 3d, then unisyn_predict --output_spacing writes any voxel size)")
     parser.add_argument("--neuroclip_image_encoder", default=None, choices=NEUROCLIP_IMAGE_ENCODERS,
                         help="NeuroCLIP's image tower: cnn (default) or vit (TUMSyn's 3D ViT)")
 
@@ -48,7 +51,8 @@ def plan_choices(args: argparse.Namespace) -> api.PlanChoices:
             raise SystemExit(f"error: --loss_region takes FAMILY=REGION pairs (e.g. PET=head), got {item!r}")
         regions[family.strip().upper()] = region.strip().lower()
     return api.PlanChoices(loss_region=regions or None, neuroclip_image_encoder=args.neuroclip_image_encoder,
-                           lesion_oversample=args.lesion_oversample, lesion_weight=args.lesion_weight)
+                           lesion_oversample=args.lesion_oversample, lesion_weight=args.lesion_weight,
+                           decoder_3d=args.decoder_3d)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -77,6 +77,7 @@ class PlanChoices:
     neuroclip_image_encoder: str | None = None  # cnn | vit
     lesion_oversample: float | None = None  # share of patches centred on a lesion (cases with lesion masks)
     lesion_weight: float | None = None  # synthesis-loss weight inside lesions
+    decoder_3d: str | None = None  # the 3D configuration's decoder: conv | liif (TUMSyn's implicit decoder)
 
     def apply(self, plans: Plans) -> Plans:
         """The plans with these choices written in, validated as a plans file is on load."""
@@ -89,7 +90,14 @@ class PlanChoices:
             training = replace(training, lesion_weight=float(self.lesion_weight))
         if self.neuroclip_image_encoder:
             neuroclip = replace(neuroclip, image_encoder=self.neuroclip_image_encoder)
-        return Plans.from_dict(replace(plans, training=training, neuroclip=neuroclip).to_dict(), source="plan options")
+        configurations = dict(plans.configurations)
+        if self.decoder_3d and "3d" in configurations:  # LIIF queries a z axis, which a 2.5D slab does not have
+            config = configurations["3d"]
+            configurations["3d"] = replace(config, network_kwargs={**config.network_kwargs, "decoder": self.decoder_3d})
+        elif self.decoder_3d:
+            raise ValueError("--decoder_3d needs the 3d configuration: plan with -c 3d (or the default 2.5d 3d)")
+        return Plans.from_dict(replace(plans, training=training, neuroclip=neuroclip, configurations=configurations).to_dict(),
+                               source="plan options")
 
 
 def plan_dataset(dataset: str | int, planner: str = "auto", gpu_memory_gb: float | None = None, plans_name: str = DEFAULT_PLANS_NAME,
