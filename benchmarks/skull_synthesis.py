@@ -25,6 +25,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/bench_skull"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_skull")
     parser.add_argument("--epochs", type=int, default=60, help="GFM epochs per variant (the demo's 60 by default)")
     parser.add_argument("--regions", nargs="+", default=["head", "brain"], choices=["head", "brain"])
     parser.add_argument("--real-dir", type=Path, default=DEFAULT_REAL_DIR)
