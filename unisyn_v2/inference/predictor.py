@@ -198,12 +198,14 @@ class UniSynPredictor:
 
     def predict_image(self, image: np.ndarray, geometry: Geometry, source: ImageDescription, target: ImageDescription,
                       brain_mask: np.ndarray | None = None, case_id: str = "case",
-                      files: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Preprocess one source image like training and predict; returns (normalised prediction, properties)."""
+                      files: Sequence[str] | None = None,
+                      foreground: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Preprocess one source image like training and predict; returns (normalised prediction, properties).
+        ``foreground``: the image's head foreground, when the caller has it (else computed here)."""
         if source.modality not in self.plans.normalization:
             raise InputError(f"case {case_id}: source modality {source.modality} is unknown to this model "
                              f"(planned: {', '.join(self.plans.normalization)}); pick another source with --source-image")
-        arrays = preprocess_case([image], [source], geometry, self.plans, brain_mask, case_id, files)
+        arrays = preprocess_case([image], [source], geometry, self.plans, brain_mask, case_id, files, foreground=foreground)
         data, properties = arrays.data, arrays.properties
         params = NormalizationParameters.from_dict(properties["channels"][0]["normalization"])
         normalizer = normalizer_for(self.plans, source.modality)
@@ -241,7 +243,9 @@ class UniSynPredictor:
                                         Path(output_folder), target.metadata.voxel_size is not None)
         self.check_prompts(case.case_id, source, target_description)
         logger.info("case %s: %s -> %s", case.case_id, chosen.path.name, target.modality)
-        prediction, properties = self.predict_image(image, geometry, source, target_description, mask, case.case_id, [str(chosen.path)])
+        foreground = case_foreground([image], [source.modality])  # once: the crop box, and the head at export
+        prediction, properties = self.predict_image(image, geometry, source, target_description, mask, case.case_id,
+                                                    [str(chosen.path)], foreground)
         if self.settings.export_qmaps:  # before the image's sidecar, which marks the case finished
             write_qmaps(self, image, geometry, source, target_description, mask, case.case_id, Path(output_folder))
         image_path, _ = output_paths(Path(output_folder), case.case_id, target.modality)
@@ -249,7 +253,7 @@ class UniSynPredictor:
                                 self.settings_description(), self.prompt_style)
         head = None
         if self.settings.background_outside_head:  # air/zero outside the source's head, as a scanner writes it
-            head = case_foreground([image], [source.modality]) | (mask if mask is not None else False)
+            head = foreground | (mask if mask is not None else False)
         return export_prediction(prediction, properties, self.plans, target.modality, geometry, image_path, sidecar,
                                  head)[0]
 

@@ -67,11 +67,13 @@ def preprocess_case(
     case_id: str = "case",
     files: Sequence[str] | None = None,
     lesion_mask: np.ndarray | None = None,
+    foreground: np.ndarray | None = None,
 ) -> PreprocessedArrays:
     """Crop, normalise and resample one case (see :class:`PreprocessedArrays`); ``lesion_mask`` (integer labels
-    0..255 on the images' grid, 0 = no lesion) is cropped and resampled like the brain mask, labels kept."""
+    0..255 on the images' grid, 0 = no lesion) is cropped and resampled like the brain mask, labels kept;
+    ``foreground``: the images' head foreground (:func:`case_foreground`) when the caller has it already."""
     modalities = [d.modality for d in descriptions]
-    head = case_foreground(images, modalities)
+    head = case_foreground(images, modalities) if foreground is None else np.asarray(foreground, dtype=bool)
     mask = brain_mask.astype(bool) if brain_mask is not None else head
     bbox = foreground_bbox([head | mask])
     cropped_mask = crop_to_bbox(mask, bbox)
