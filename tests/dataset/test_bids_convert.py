@@ -13,7 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from unisyn_v2.cli import convert_bids as convert_cli
-from unisyn_v2.dataset.bids_convert import ConversionSettings, convert_bids, discover_bids
+from unisyn_v2.dataset.bids_convert import ConversionSettings, convert_bids
+from unisyn_v2.dataset.bids_discovery import discover_bids
 from unisyn_v2.dataset.description import load_dataset_description
 from unisyn_v2.dataset.image_io import Geometry, read_image, write_image
 from unisyn_v2.dataset.integrity import verify_dataset_integrity

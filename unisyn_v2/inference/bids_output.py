@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unisyn_v2.dataset.bids_convert import bids_name_of, is_bids_root, place_file, split_case_id
+from unisyn_v2.dataset.bids_discovery import bids_name_of, is_bids_root, place_file, split_case_id
 from unisyn_v2.inference.export import OUTPUT_ENDING, package_version
 from unisyn_v2.inference.inputs import GENERATOR_NAME, InputError
 from unisyn_v2.io_utils import read_json, write_json_atomic

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from unisyn_v2.dataset.bids_convert import discover_bids, find_derivative_mask, image_metadata, is_bids_root
+from unisyn_v2.dataset.bids_discovery import discover_bids, find_derivative_mask, image_metadata, is_bids_root
 from unisyn_v2.dataset.description import DATASET_JSON, load_dataset_description
 from unisyn_v2.dataset.image_io import READABLE_ENDINGS, read_geometry
 from unisyn_v2.metadata.bids import read_sidecar, sidecar_path

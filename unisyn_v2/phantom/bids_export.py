@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from unisyn_v2.dataset.bids_convert import bids_name_of, split_case_id
+from unisyn_v2.dataset.bids_discovery import bids_name_of, split_case_id
 from unisyn_v2.dataset.description import load_dataset_description
 from unisyn_v2.io_utils import copy_file_atomic, replace_atomic, write_json_atomic
 from unisyn_v2.metadata.fields import ImageMetadata
