@@ -52,7 +52,7 @@ from unisyn_v2.phantom import generate_phantom_dataset  # noqa: E402
 from unisyn_v2.phantom.generator import CASES_KEY, SPEC_FILE  # noqa: E402
 from unisyn_v2.training.run_training import build_trainer  # noqa: E402
 from unisyn_v2.training.settings import Task, TrainerSettings, task_key  # noqa: E402
-from unisyn_v2.networks.text_artifact import ARTIFACT_FOLDER_NAME  # noqa: E402
+from unisyn_v2.contracts.model_layout import TEXT_ENCODER_FOLDER  # noqa: E402
 
 logger = logging.getLogger("benchmarks.lesion_synthesis")
 
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     root = ensure_dataset(config, args.lesion_fraction)
     neuroclip, _ = common.train(config, "neuroclip")
-    folders = {variant_label(o, w): train_variant(config, variant_plans(config, o, w), neuroclip / ARTIFACT_FOLDER_NAME)
+    folders = {variant_label(o, w): train_variant(config, variant_plans(config, o, w), neuroclip / TEXT_ENCODER_FOLDER)
                for o, w in parse_variants(args.variants)}
     trained = time.perf_counter()
     result = evaluate(config, root, folders)

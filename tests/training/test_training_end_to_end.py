@@ -12,7 +12,7 @@ from unisyn_v2.cli.train import main
 from unisyn_v2.models.folder import load_trained_model
 from unisyn_v2.training.run_training import run_training
 from unisyn_v2.training.settings import TrainerSettings
-from unisyn_v2.training.synthesis_trainer import volume_network
+from unisyn_v2.networks.slice_adapter import volume_network
 
 ALL_TASKS = sorted(f"{s}->{t}" for s in MODALITIES for t in MODALITIES if s != t)
 

@@ -32,7 +32,6 @@ ARTIFACT_VERSION = 1
 ARTIFACT_FILES = ("config.json", "tokenizer.json", "weights.pt")
 NEUROCLIP_TRAINER_NAME = "NeuroCLIPTrainer"
 NEUROCLIP_CONFIGURATION = "neuroclip"
-ARTIFACT_FOLDER_NAME = TEXT_ENCODER_FOLDER
 
 
 class FrozenTextEncoder(nn.Module):
@@ -97,7 +96,7 @@ def neuroclip_model_folder(results_folder: Path, dataset_name: str, plans_name: 
 
 def text_encoder_artifact_folder(results_folder: Path, dataset_name: str, plans_name: str) -> Path:
     """Where stage 1 writes the artifact: ``<neuroclip model folder>/text_encoder``."""
-    return neuroclip_model_folder(results_folder, dataset_name, plans_name) / ARTIFACT_FOLDER_NAME
+    return neuroclip_model_folder(results_folder, dataset_name, plans_name) / TEXT_ENCODER_FOLDER
 
 
 def _replace_atomic(path: Path, write: Any) -> None:

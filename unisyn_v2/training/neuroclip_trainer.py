@@ -45,14 +45,14 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from unisyn_v2.contracts.model_layout import ModelFolderName
+from unisyn_v2.contracts.model_layout import TEXT_ENCODER_FOLDER, ModelFolderName
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases
 from unisyn_v2.io_utils import finite_or_none, read_json, write_json_atomic
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
 from unisyn_v2.metadata.value_code import value_code_size
 from unisyn_v2.networks.factory import build_neuroclip
 from unisyn_v2.networks.neuroclip import MAX_LOGIT_SCALE, NeuroCLIP
-from unisyn_v2.networks.text_artifact import ARTIFACT_FOLDER_NAME, NEUROCLIP_CONFIGURATION, save_text_encoder_artifact
+from unisyn_v2.networks.text_artifact import NEUROCLIP_CONFIGURATION, save_text_encoder_artifact
 from unisyn_v2.preprocessing.case_store import preprocessed_case_ids
 from unisyn_v2.training.checkpointing import (
     CHECKPOINT_FORMAT_VERSION, load_checkpoint, load_network_weights, save_checkpoint_atomic,
@@ -494,8 +494,8 @@ class NeuroCLIPTrainer(TrainerBase):
     def write_artifact(self) -> Path:
         """Save the text encoder artifact (see the module docstring for where)."""
         assert self.tokenizer is not None
-        canonical = self.model_folder / ARTIFACT_FOLDER_NAME
-        targets = [canonical] if self.fold == "all" else [self.fold_folder / ARTIFACT_FOLDER_NAME]
+        canonical = self.layout.text_encoder
+        targets = [canonical] if self.fold == "all" else [self.fold_folder / TEXT_ENCODER_FOLDER]
         if self.fold != "all" and not (canonical / "config.json").is_file():
             targets.append(canonical)
         for folder in targets:
@@ -515,7 +515,7 @@ class NeuroCLIPTrainer(TrainerBase):
         evaluation = {**self.evaluate(), **self._run_record()}
         self.last_evaluation = evaluation
         self._write_summary(evaluation, final=True)
-        if self.fold == "all" and not (self.model_folder / ARTIFACT_FOLDER_NAME / "config.json").is_file():
+        if self.fold == "all" and not (self.layout.text_encoder / "config.json").is_file():
             self.write_artifact()
         logger.info("NeuroCLIP validation: image->text top-1 %.3f (chance %.3f), "
                     "image->modality top-1 %.3f (chance %.3f)",
@@ -527,10 +527,10 @@ class NeuroCLIPTrainer(TrainerBase):
         """trainer.json: networks, conditioning, modalities, typical metadata, artifact path."""
         return {**super().trainer_info(),
                 "network": {"kind": "neuroclip", "image_encoder": self.image_kwargs, "text_encoder": self.text_kwargs},
-                "conditioning": {"kind": "text", "text_encoder": ARTIFACT_FOLDER_NAME},
+                "conditioning": {"kind": "text", "text_encoder": TEXT_ENCODER_FOLDER},
                 "modalities": sorted(self.typical), "typical_metadata": self.typical,
                 "metadata_classes": sorted({s.class_key for s in self.train_samples}),
-                "text_encoder_artifact": ARTIFACT_FOLDER_NAME,
+                "text_encoder_artifact": TEXT_ENCODER_FOLDER,
                 "validation_split": {k: v for k, v in self.split_record.items()
                                      if k not in ("train_cases", "val_cases")},
                 "collapse_guard": self.guard.config.to_dict()}

@@ -12,7 +12,6 @@ volume-level sliding window the network is wrapped in ``SlicesAsChannels`` (:fun
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from unisyn_v2.contracts.model_layout import ModelFolderName
+from unisyn_v2.contracts.model_layout import TEXT_ENCODER_FOLDER, ModelFolderName
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.experiment_planning.splits import SPLITS_FILE, fold_cases, make_splits, validate_splits
 from unisyn_v2.io_utils import read_json, write_json_atomic
@@ -29,9 +28,8 @@ from unisyn_v2.metadata.typical import typical_protocol
 from unisyn_v2.networks.conditioners import OneHotConditioner, TextConditioner
 from unisyn_v2.networks.factory import build_synthesis_network
 from unisyn_v2.networks.liif import liif_decoder_of
-from unisyn_v2.networks.slice_adapter import volume_network  # noqa: F401  (also the tests' import path)
 from unisyn_v2.networks.text_artifact import (
-    ARTIFACT_FOLDER_NAME, copy_text_encoder_artifact, load_text_encoder_artifact, neuroclip_model_folder,
+    copy_text_encoder_artifact, load_text_encoder_artifact, text_encoder_artifact_folder,
     read_text_encoder_config,
 )
 from unisyn_v2.preprocessing.case_store import preprocessed_case_ids
@@ -139,8 +137,7 @@ class SynthesisTrainer(TrainerBase):
         override = self.settings.extra.get("text_encoder")
         if override:
             return Path(str(override))
-        return neuroclip_model_folder(self.model_folder.parent.parent, self.dataset_name,
-                                      self.plans.plans_name) / ARTIFACT_FOLDER_NAME
+        return text_encoder_artifact_folder(self.model_folder.parent.parent, self.dataset_name, self.plans.plans_name)
 
     def build_conditioner(self) -> Any:
         """TextConditioner from the model folder's copy of the artifact, OneHotConditioner or None."""
@@ -148,7 +145,7 @@ class SynthesisTrainer(TrainerBase):
             return None
         if self.conditioning == "onehot":
             return OneHotConditioner(self.plans.modalities, device=self.device)
-        local = self.model_folder / ARTIFACT_FOLDER_NAME
+        local = self.layout.text_encoder
         source = self.text_encoder_source()
         if not (self.settings.continue_training or self.settings.validation_only) or not (local / "config.json").is_file():
             if self.distributed.is_main:
@@ -198,7 +195,7 @@ class SynthesisTrainer(TrainerBase):
     def trainer_info(self) -> dict[str, Any]:
         conditioning = self.conditioner.describe() if self.conditioner is not None else {"kind": "none"}
         if self.conditioning == "text":
-            conditioning["text_encoder"] = ARTIFACT_FOLDER_NAME
+            conditioning["text_encoder"] = TEXT_ENCODER_FOLDER
         typical = self.typical_metadata()
         return {**super().trainer_info(), "network": self.network_info(), "conditioning": conditioning,
                 "is_slab": self.is_slab, "patch_size": list(self.patch_size),
