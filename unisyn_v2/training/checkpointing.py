@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from unisyn_v2.io_utils import IncompleteWriteError, replace_atomic
-from unisyn_v2.models.weights import (  # noqa: F401  (re-exported: the trainers' and tests' import path)
-    CHECKPOINT_FORMAT_VERSION, CHECKPOINT_NAMES, fallback_hint, load_checkpoint, load_network_weights, weight_mismatch,
+from unisyn_v2.models.weights import (
+    CHECKPOINT_FORMAT_VERSION, CHECKPOINT_NAMES, load_checkpoint, load_network_weights, weight_mismatch,
 )
 
 logger = logging.getLogger(__name__)
