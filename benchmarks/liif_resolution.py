@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "liif_interp_dense_res": {"interpolate_features": True, "queries": 0, "max_share": 0.5, "residual": True},
     "liif_interp_res": {"interpolate_features": True, "residual": True},
     "liif_res_dense_near4": {"queries": 0, "max_share": 0.5, "residual": True},
+    "liif_interp_dense_res_unfold": {"interpolate_features": True, "queries": 0, "max_share": 0.5, "residual": True,
+                                     "unfold": (1, 0, 0)},
 }
 
 

@@ -555,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qmri-compartments", type=int, default=None,
                         help="gfm_qmri's compartments per voxel, written into new plans (default 1: one set of effective "
                              "maps; 3: grey/white/CSF-started compartments whose signals add)")
+    parser.add_argument("--qmri-compartment-spread", type=float, default=None,
+                        help="gfm_qmri: each compartment's T1 and T2 within this factor of its start, written into new "
+                             "plans (default 0: the wide ranges)")
     args = parser.parse_args(argv)
     config = common.make_config(args)
     config.dataset_id, config.name = 975, "PromptSweep"
@@ -567,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     config.extra["affine_hidden"] = args.affine_hidden
     config.extra["qmri_kwargs"] = {**({"qmri_gain": args.qmri_gain} if args.qmri_gain else {}),
                                    **({"qmap_hidden": list(args.qmap_hidden)} if args.qmap_hidden else {}),
-                                   **({"qmri_compartments": args.qmri_compartments} if args.qmri_compartments else {})}
+                                   **({"qmri_compartments": args.qmri_compartments} if args.qmri_compartments else {}),
+                                   **({"qmri_compartment_spread": args.qmri_compartment_spread}
+                                      if args.qmri_compartment_spread else {})}
     methods = tuple((label, trainer) for label, trainer in METHODS if trainer in args.methods)
     common.setup(config, args.verbose)
     started = time.perf_counter()

@@ -74,6 +74,25 @@ def test_query_in_chunks_equals_one_call_and_bounds_the_points_per_mlp_call() ->
     assert torch.allclose(chunked, decoder.query(features, coords, cell, chunk=1000), atol=1e-6)
 
 
+def test_feature_unfolding_stacks_the_neighbour_slices_and_repeats_the_edges() -> None:
+    features = torch.arange(3, dtype=torch.float32).reshape(1, 1, 3, 1, 1).expand(1, 2, 3, 2, 2).contiguous()
+    features[:, 1] *= 10
+    decoder = LIIFDecoder(2, hidden=(8,), unfold=(1, 0, 0))
+    assert decoder.mlp[0].in_features == 2 * 3 + 6
+    stacked = decoder.unfolded(features)  # own features, then the slice below (z - 1) and above (z + 1)
+    assert stacked.shape == (1, 6, 3, 2, 2)
+    assert stacked[0, :, :, 0, 0].tolist() == [[0, 1, 2], [0, 10, 20], [0, 0, 1], [0, 0, 10], [1, 2, 2], [10, 20, 20]]
+    assert torch.equal(LIIFDecoder(2, hidden=(8,)).unfolded(features), features)
+    values = decoder.query(features, torch.zeros(1, 5, 3), torch.full((1, 3), 0.5))
+    assert values.shape == (1, 5, 1)
+    kwargs = {"dims": 3, "in_channels": 1, "out_channels": 1, "encoder_width": 4, "num_blocks": 1, "feature_dim": 4,
+              "decoder_hidden": [8], "text_dim": 2, "decoder": "liif", "liif_unfold": [1, 0, 0]}
+    built = liif_decoder_of(build_synthesis_network("gfm", kwargs))
+    assert built is not None and built.unfold == (1, 0, 0) and built.mlp[0].in_features == 4 * 3 + 6
+    with pytest.raises(ValueError, match="liif_unfold"):
+        LIIFDecoder(2, unfold=(1, 0))
+
+
 def test_factory_builds_liif_for_3d_only_and_plans_refuse_it_for_slabs() -> None:
     kwargs = {"dims": 3, "in_channels": 1, "out_channels": 1, "encoder_width": 4, "num_blocks": 1, "feature_dim": 4,
               "decoder_hidden": [8], "text_dim": 2, "num_heads": 2, "decoder": "liif", "liif_max_scale": [3, 1, 1]}

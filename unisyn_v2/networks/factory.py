@@ -41,10 +41,11 @@ def _build_decoder(decoder: str, feature_dim: int, hidden: Sequence[int], out_ch
 
 def _liif_options(liif_max_scale: Optional[Sequence[float]], liif_queries: Optional[int], liif_profile: Optional[str],
                   liif_local_ensemble: Optional[bool], liif_interpolate_features: Optional[bool] = None,
-                  liif_residual: Optional[bool] = None, liif_max_share: Optional[float] = None) -> dict[str, Any]:
+                  liif_residual: Optional[bool] = None, liif_max_share: Optional[float] = None,
+                  liif_unfold: Optional[Sequence[int]] = None) -> dict[str, Any]:
     options = {"max_scale": liif_max_scale, "queries": liif_queries, "profile": liif_profile,
                "local_ensemble": liif_local_ensemble, "interpolate_features": liif_interpolate_features,
-               "residual": liif_residual, "max_share": liif_max_share}
+               "residual": liif_residual, "max_share": liif_max_share, "unfold": liif_unfold}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -55,9 +56,9 @@ def _build_gfm(*, dims: int, in_channels: int, out_channels: int, encoder_width:
                decoder: str = "conv", liif_max_scale: Optional[Sequence[float]] = None, liif_queries: Optional[int] = None,
                liif_profile: Optional[str] = None, liif_local_ensemble: Optional[bool] = None,
                liif_interpolate_features: Optional[bool] = None, liif_residual: Optional[bool] = None,
-               liif_max_share: Optional[float] = None) -> GFMNetwork:
+               liif_max_share: Optional[float] = None, liif_unfold: Optional[Sequence[int]] = None) -> GFMNetwork:
     liif = _liif_options(liif_max_scale, liif_queries, liif_profile, liif_local_ensemble, liif_interpolate_features,
-                         liif_residual, liif_max_share)
+                         liif_residual, liif_max_share, liif_unfold)
     return GFMNetwork(
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),
@@ -76,9 +77,10 @@ def _build_crossattn(*, dims: int, in_channels: int, out_channels: int, encoder_
                      liif_queries: Optional[int] = None, liif_profile: Optional[str] = None,
                      liif_local_ensemble: Optional[bool] = None, liif_interpolate_features: Optional[bool] = None,
                      liif_residual: Optional[bool] = None,
-                     liif_max_share: Optional[float] = None) -> CrossAttnSynthesisNetwork:
+                     liif_max_share: Optional[float] = None,
+                     liif_unfold: Optional[Sequence[int]] = None) -> CrossAttnSynthesisNetwork:
     liif = _liif_options(liif_max_scale, liif_queries, liif_profile, liif_local_ensemble, liif_interpolate_features,
-                         liif_residual, liif_max_share)
+                         liif_residual, liif_max_share, liif_unfold)
     return CrossAttnSynthesisNetwork(
         encoder=ResidualImageEncoder(in_channels, encoder_width, num_blocks, feature_dim, dims, encoder_dilations,
                                      encoder_input_skip),

@@ -16,7 +16,9 @@ Two options (issue 20 follow-up, BENCHMARKS.md "Thick slices to fine voxels") ma
 offset from the nearest feature voxel), instead of 8 MLP calls blended afterwards, so every fine voxel of a patch
 can be supervised for less than the local ensemble's 1/8; ``residual`` adds a pointwise head on the feature grid
 whose coarse prediction, trilinearly interpolated at the point, is the base the MLP corrects (its last layer starts
-at zero, so training starts from "decode on the coarse grid, then interpolate").
+at zero, so training starts from "decode on the coarse grid, then interpolate"). ``unfold`` (z, y, x) half-widths
+give the MLP each feature voxel's neighbours too (LIIF's feature unfolding, there 3 x 3 in 2D): (1, 0, 0) stacks the
+slices above and below, the axis whose detail a thick-slice source lacks, for 3x the MLP's first-layer input.
 
 Only 3D configurations use it: a 2.5D slab folds its k slices into channels, so the encoder has no z axis to
 query between; thick slices are acquired along z, which is exactly the axis LIIF must interpolate.
@@ -24,6 +26,7 @@ query between; thick slices are acquired along z, which is exactly the axis LIIF
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Sequence
 
 import torch
@@ -62,14 +65,20 @@ class LIIFDecoder(nn.Module):
             correction (its last layer starts at zero).
         max_share: share of training batches drawn at exactly ``max_scale`` (the rest uniform in [1, max]);
             0 is TUMSyn's uniform draw. ``queries`` 0 supervises every fine voxel of the patch.
+        unfold: (z, y, x) neighbourhood half-widths whose feature voxels are stacked into the MLP's input
+            (edge voxels repeated at the border); (0, 0, 0) reads the voxel's own features only.
     """
 
     def __init__(self, feature_dim: int, hidden: Sequence[int] = (256, 128, 128), out_channels: int = 1,
                  local_ensemble: bool = True, max_scale: Sequence[float] = (4.0, 1.0, 1.0), queries: int = 4096,
                  profile: str = "gaussian", query_chunk: int = DEFAULT_QUERY_CHUNK, interpolate_features: bool = False,
-                 residual: bool = False, max_share: float = 0.0) -> None:
+                 residual: bool = False, max_share: float = 0.0, unfold: Sequence[int] = (0, 0, 0)) -> None:
         super().__init__()
-        widths = [int(feature_dim) + 6, *[int(h) for h in hidden]]
+        half_widths = tuple(int(u) for u in unfold)
+        if len(half_widths) != 3 or min(half_widths) < 0 or max(half_widths) > 3:
+            raise ValueError(f"liif_unfold must be three (z, y, x) half-widths in 0-3, got {list(unfold)}")
+        unfolded_dim = int(feature_dim) * math.prod(2 * u + 1 for u in half_widths)
+        widths = [unfolded_dim + 6, *[int(h) for h in hidden]]
         if min(widths) < 1 or out_channels < 1:
             raise ValueError(f"LIIF decoder widths must be >= 1, got feature_dim={feature_dim}, hidden={list(hidden)}")
         scale = tuple(float(s) for s in max_scale)
@@ -106,6 +115,7 @@ class LIIFDecoder(nn.Module):
         self.queries = int(queries)
         self.profile = profile
         self.query_chunk = int(query_chunk)
+        self.unfold = half_widths
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Decode at the feature grid's own voxel centres: (B, F, Z, Y, X) -> (B, out, Z, Y, X)."""
@@ -127,12 +137,27 @@ class LIIFDecoder(nn.Module):
         if cell.ndim == 2:
             cell = cell[:, None, :].expand(-1, coords.shape[1], -1)
         base = self.coarse_prediction(features)
+        features = self.unfolded(features)
         step = int(chunk or self.query_chunk)
         if coords.shape[1] <= step:
             return self._query(features, coords, cell, base)
         parts = [self._query(features, coords[:, i:i + step], cell[:, i:i + step], base)
                  for i in range(0, coords.shape[1], step)]
         return torch.cat(parts, dim=1)
+
+    def unfolded(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, Z, Y, X) -> (B, F * prod(2 u + 1), Z, Y, X): each voxel's features, then its neighbours' within
+        :attr:`unfold` (edge voxels repeated), in C order of the offsets; unchanged for (0, 0, 0)."""
+        if not any(self.unfold):
+            return features
+        u_z, u_y, u_x = self.unfold
+        padded = F.pad(features, (u_x, u_x, u_y, u_y, u_z, u_z), mode="replicate")
+        z, y, x = features.shape[2:]
+        own = [features]
+        shifted = [padded[:, :, u_z + dz:u_z + dz + z, u_y + dy:u_y + dy + y, u_x + dx:u_x + dx + x]
+                   for dz, dy, dx in itertools.product(range(-u_z, u_z + 1), range(-u_y, u_y + 1), range(-u_x, u_x + 1))
+                   if (dz, dy, dx) != (0, 0, 0)]
+        return torch.cat(own + shifted, dim=1)
 
     def coarse_prediction(self, features: torch.Tensor) -> torch.Tensor | None:
         """The residual base: the pointwise head on every feature voxel (B, out, Z, Y, X), or None without one."""

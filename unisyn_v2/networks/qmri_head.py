@@ -13,7 +13,9 @@ fractions, started at grey matter, white matter and CSF, and the rendered signal
 the compartments' signals (the phantom's partial-volume model). With one set, a voxel turning from tissue into
 CSF must take its T1 through the inversion null of FLAIR/MPRAGE targets, where the loss rises; on the prompt
 sweep part of the CSF stayed tissue-like (BENCHMARKS.md). The exported maps are then effective ones
-(:meth:`QMRINetwork.effective_maps`).
+(:meth:`QMRINetwork.effective_maps`). ``qmri_compartment_spread`` s > 1 keeps each compartment's T1 (at 3 T) and T2
+within a factor s of its start (log-symmetric band) instead of the wide ranges, so a compartment stays the tissue it
+started as and the fractions alone say what a voxel is made of (partial volume); 0 keeps the wide ranges.
 
 The rendered image is a physical signal in PD units, not the MRI contract's normalised scale (brain
 0.5/99.5th percentiles -> 0/1), which depends on the whole image. So: training compares it with the
@@ -147,8 +149,13 @@ class QMRINetwork(nn.Module):
     renders_mri_signal = True
 
     def __init__(self, gfm: GFMNetwork, feature_dim: int, out_channels: int, hidden: Sequence[int] = (64, 64),
-                 dims: int = 2, gain: str = "patch", compartments: int = 1) -> None:
+                 dims: int = 2, gain: str = "patch", compartments: int = 1, compartment_spread: float = 0.0) -> None:
         super().__init__()
+        spread = float(compartment_spread)
+        if spread != 0.0 and (int(compartments) < 2 or not 1.0 < spread <= 10.0):
+            raise ValueError(f"qMRI network: qmri_compartment_spread must be 0 (wide ranges) or in (1, 10] with "
+                             f"qmri_compartments >= 2 (got {compartment_spread} with {compartments} compartments)")
+        self.compartment_spread = spread
         if gain not in GAIN_MODES:
             raise ValueError(f"qMRI network: qmri_gain {gain!r} is not one of {', '.join(GAIN_MODES)}")
         if not 1 <= int(compartments) <= 8:
@@ -168,10 +175,15 @@ class QMRINetwork(nn.Module):
         starts = [_INITIAL] if self.compartments == 1 else [
             {**_INITIAL, **COMPARTMENT_START[k if k < len(COMPARTMENT_START) else 0]}
             for k in range(self.compartments)]
+        # the band's centres (K, 2): each compartment's start T1, T2 (a buffer, so the model folder's weights carry them)
+        self.register_buffer("band_centre", torch.tensor([[v["t1"], v["t2"]] for v in starts], dtype=torch.float32),
+                             persistent=False)
         start: list[float] = []
         for values in starts:
             t1_fraction = (math.log(values["t1"]) - math.log(T1_RANGE_MS[0])) / (math.log(T1_RANGE_MS[1]) - math.log(T1_RANGE_MS[0]))
             t2_fraction = (math.log(values["t2"]) - math.log(T2_RANGE_MS[0])) / (math.log(T2_RANGE_MS[1]) - math.log(T2_RANGE_MS[0]))
+            if spread:  # the band's centre
+                t1_fraction = t2_fraction = 0.5
             t2s_fraction = (values["t2s_fraction"] - T2STAR_FRACTION[0]) / (T2STAR_FRACTION[1] - T2STAR_FRACTION[0])
             start += [_logit(values["pd"] / PD_MAX), _logit(t1_fraction), _logit(values["t1_exponent"]), _logit(t2_fraction),
                       _logit(t2s_fraction)] + ([0.0] if self.compartments > 1 else [])  # equal fractions at the start
@@ -213,8 +225,11 @@ class QMRINetwork(nn.Module):
                 raw = raw.reshape(raw.shape[0], 5, self.out_channels, *raw.shape[2:])
             else:  # (B, 6, K, C, *spatial): the map index first, as in the single-compartment layout
                 raw = raw.reshape(raw.shape[0], self.compartments, 6, self.out_channels, *raw.shape[2:]).transpose(1, 2)
-            t1_ref = _log_range(raw[:, 1], *T1_RANGE_MS)
-            t2 = _log_range(raw[:, 3], *T2_RANGE_MS)
+            if self.compartment_spread:
+                t1_ref, t2 = self._banded(raw[:, 1], 0), self._banded(raw[:, 3], 1)
+            else:
+                t1_ref = _log_range(raw[:, 1], *T1_RANGE_MS)
+                t2 = _log_range(raw[:, 3], *T2_RANGE_MS)
             out = {"pd": PD_MAX * torch.sigmoid(raw[:, 0]), "t2": t2,
                    "t2s": t2 * (T2STAR_FRACTION[0] + (T2STAR_FRACTION[1] - T2STAR_FRACTION[0]) * torch.sigmoid(raw[:, 4]))}
             if field_strength is None:
@@ -225,6 +240,11 @@ class QMRINetwork(nn.Module):
             if self.compartments > 1:
                 out["fraction"] = torch.softmax(raw[:, 5], dim=1)
         return out
+
+    def _banded(self, raw: torch.Tensor, column: int) -> torch.Tensor:
+        """(B, K, C, *spatial) raw -> times within [centre / spread, centre x spread] of each compartment's start."""
+        centre = self.band_centre[:, column].reshape(1, -1, *([1] * (raw.ndim - 2)))
+        return centre * torch.exp((2.0 * torch.sigmoid(raw) - 1.0) * math.log(self.compartment_spread))
 
     def effective_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One PD, T1, T2, T2* per voxel: the compartments' PD summed over fractions, times averaged in log space with
@@ -331,7 +351,8 @@ def build_qmri_network(*, dims: int, in_channels: int, out_channels: int, encode
                        alpha_min: float = 0.05, encoder_dilations: Sequence[int] | None = None,
                        encoder_input_skip: bool = False, refinement_block: bool = False, affine_hidden: int = 0,
                        qmap_hidden: Sequence[int] = (64, 64), physics_dim: int = PHYSICS_DIM,
-                       qmri_gain: str = "patch", qmri_compartments: int = 1) -> QMRINetwork:
+                       qmri_gain: str = "patch", qmri_compartments: int = 1,
+                       qmri_compartment_spread: float = 0.0) -> QMRINetwork:
     """The qMRI network from the GFM's plans kwargs; ``text_dim`` counts the appended physics numbers."""
     from unisyn_v2.networks.factory import SYNTHESIS_BUILDERS
 
@@ -344,4 +365,5 @@ def build_qmri_network(*, dims: int, in_channels: int, out_channels: int, encode
         num_blocks=num_blocks, feature_dim=feature_dim, text_dim=text_dim - PHYSICS_DIM, decoder_hidden=decoder_hidden,
         alpha_min=alpha_min, encoder_dilations=encoder_dilations, encoder_input_skip=encoder_input_skip,
         refinement_block=refinement_block, affine_hidden=affine_hidden)
-    return QMRINetwork(gfm, feature_dim, out_channels, qmap_hidden, dims, qmri_gain, qmri_compartments)
+    return QMRINetwork(gfm, feature_dim, out_channels, qmap_hidden, dims, qmri_gain, qmri_compartments,
+                       qmri_compartment_spread)
