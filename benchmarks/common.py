@@ -102,6 +102,8 @@ def add_common_arguments(parser: Any) -> None:
     parser.add_argument("--device", default=None, help="cpu | cuda | auto (quick: cpu, full: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (quick: 1, which is fastest on a loaded 2-core machine; full: the CPU count, max 8)")
     parser.add_argument("--max-test-cases", type=int, help="cap the held-out cases scored")
+    parser.add_argument("--shape", type=int, nargs=3, help="phantom grid (quick 64 64 64, full 96 96 96)")
+    parser.add_argument("--voxel-size", type=float, help="phantom voxel size in mm, isotropic (quick 3.2, full 2.4)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -118,6 +120,10 @@ def make_config(args: Any) -> BenchmarkConfig:
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
+    if getattr(args, "shape", None):
+        config.shape = tuple(int(n) for n in args.shape)
+    if getattr(args, "voxel_size", None):
+        config.voxel_size = (float(args.voxel_size),) * 3
     return config
 
 

@@ -14,8 +14,9 @@ import torch
 from unisyn_v2.metadata import signal_equations as se
 from unisyn_v2.metadata.fields import ImageMetadata
 from unisyn_v2.metadata.prompts import ImageDescription
+from unisyn_v2.networks.factory import build_qmri_network, build_synthesis_network
 from unisyn_v2.networks.qmri_head import (
-    PHYSICS_DIM, T1_RANGE_MS, T2_RANGE_MS, PhysicsTextConditioner, build_qmri_network, fit_to_target, physics_vector,
+    PHYSICS_DIM, T1_RANGE_MS, T2_RANGE_MS, PhysicsTextConditioner, fit_to_target, physics_vector,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -256,6 +257,19 @@ def test_compartments_add_their_magnitudes_and_start_at_grey_white_csf() -> None
     with pytest.raises(ValueError, match="qmri_compartments must be 1-8"):
         build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
                            text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmri_compartments=0)
+
+
+def test_plans_with_qmri_keys_still_build_the_other_kinds() -> None:
+    """One plans dict serves every trainer: qMRI keys in network_kwargs (README) must not stop the GFM from training."""
+    kwargs = {"dims": 2, "in_channels": 4, "out_channels": 4, "encoder_width": 8, "num_blocks": 1, "feature_dim": 8,
+              "decoder_hidden": [8], "text_dim": TEXT_DIM, "num_heads": 2, "qmri_compartments": 3, "qmap_hidden": [8],
+              "qmri_compartment_spread": 1.5, "qmri_gain": "patch"}
+    for kind in ("gfm", "crossattn"):
+        assert build_synthesis_network(kind, kwargs) is not None
+    qmri = build_synthesis_network("gfm_qmri", {**kwargs, "text_dim": TEXT_DIM + PHYSICS_DIM})
+    assert qmri.compartments == 3 and qmri.compartment_spread == 1.5
+    with pytest.raises(ValueError, match="unknown kwargs"):
+        build_synthesis_network("gfm", {**kwargs, "qmri_compartmentz": 3})
 
 
 def test_compartment_spread_keeps_each_compartment_near_its_tissue() -> None:

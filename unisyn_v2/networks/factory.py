@@ -15,6 +15,7 @@ from unisyn_v2.networks.gfm import GFMNetwork
 from unisyn_v2.networks.liif import DECODERS, LIIFDecoder
 from unisyn_v2.networks.neuroclip import NeuroCLIP
 from unisyn_v2.networks.prompt_affine import PromptAffine
+from unisyn_v2.networks.qmri_head import PHYSICS_DIM, QMRINetwork
 from unisyn_v2.networks.refinement import RefinementBlock
 from unisyn_v2.networks.residual_encoder import ResidualImageEncoder
 from unisyn_v2.networks.text_encoder import MetadataTextEncoder
@@ -90,10 +91,33 @@ def _build_crossattn(*, dims: int, in_channels: int, out_channels: int, encoder_
     )
 
 
+def build_qmri_network(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
+                       feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = PAPER_DECODER_HIDDEN,
+                       alpha_min: float = 0.05, encoder_dilations: Optional[Sequence[int]] = None,
+                       encoder_input_skip: bool = False, refinement_block: bool = False, affine_hidden: int = 0,
+                       qmap_hidden: Sequence[int] = (64, 64), physics_dim: int = PHYSICS_DIM,
+                       qmri_gain: str = "patch", qmri_compartments: int = 1,
+                       qmri_compartment_spread: float = 0.0) -> QMRINetwork:
+    """The physics-informed GFM (``gfm_qmri``) from the GFM's plans kwargs; ``text_dim`` counts the appended physics
+    numbers (:class:`~unisyn_v2.networks.qmri_head.PhysicsTextConditioner`)."""
+    if physics_dim != PHYSICS_DIM:
+        raise ValueError(f"qMRI network: physics_dim must be {PHYSICS_DIM} (got {physics_dim})")
+    if text_dim <= PHYSICS_DIM:
+        raise ValueError(f"qMRI network: text_dim {text_dim} must exceed the {PHYSICS_DIM} physics numbers")
+    gfm = _build_gfm(
+        dims=dims, in_channels=in_channels, out_channels=out_channels, encoder_width=encoder_width,
+        num_blocks=num_blocks, feature_dim=feature_dim, text_dim=text_dim - PHYSICS_DIM, decoder_hidden=decoder_hidden,
+        alpha_min=alpha_min, encoder_dilations=encoder_dilations, encoder_input_skip=encoder_input_skip,
+        refinement_block=refinement_block, affine_hidden=affine_hidden)
+    return QMRINetwork(gfm, feature_dim, out_channels, qmap_hidden, dims, qmri_gain, qmri_compartments,
+                       qmri_compartment_spread)
+
+
 SYNTHESIS_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "gfm": _build_gfm,
     "crossattn": _build_crossattn,
     "unet": build_unet_baseline,
+    "gfm_qmri": build_qmri_network,
 }
 IMAGE_ENCODERS: dict[str, Callable[..., nn.Module]] = {"cnn": VolumeImageEncoder3d, "vit": ViTImageEncoder3d}
 

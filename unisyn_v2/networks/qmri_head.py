@@ -344,26 +344,3 @@ def fit_to_target(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
     if items is None:
         return fitted
     return torch.where(items.reshape(-1, *([1] * (prediction.ndim - 1))), fitted, prediction)
-
-
-def build_qmri_network(*, dims: int, in_channels: int, out_channels: int, encoder_width: int, num_blocks: int,
-                       feature_dim: int, text_dim: int, decoder_hidden: Sequence[int] = (2048, 1024, 1024),
-                       alpha_min: float = 0.05, encoder_dilations: Sequence[int] | None = None,
-                       encoder_input_skip: bool = False, refinement_block: bool = False, affine_hidden: int = 0,
-                       qmap_hidden: Sequence[int] = (64, 64), physics_dim: int = PHYSICS_DIM,
-                       qmri_gain: str = "patch", qmri_compartments: int = 1,
-                       qmri_compartment_spread: float = 0.0) -> QMRINetwork:
-    """The qMRI network from the GFM's plans kwargs; ``text_dim`` counts the appended physics numbers."""
-    from unisyn_v2.networks.factory import SYNTHESIS_BUILDERS
-
-    if physics_dim != PHYSICS_DIM:
-        raise ValueError(f"qMRI network: physics_dim must be {PHYSICS_DIM} (got {physics_dim})")
-    if text_dim <= PHYSICS_DIM:
-        raise ValueError(f"qMRI network: text_dim {text_dim} must exceed the {PHYSICS_DIM} physics numbers")
-    gfm = SYNTHESIS_BUILDERS["gfm"](
-        dims=dims, in_channels=in_channels, out_channels=out_channels, encoder_width=encoder_width,
-        num_blocks=num_blocks, feature_dim=feature_dim, text_dim=text_dim - PHYSICS_DIM, decoder_hidden=decoder_hidden,
-        alpha_min=alpha_min, encoder_dilations=encoder_dilations, encoder_input_skip=encoder_input_skip,
-        refinement_block=refinement_block, affine_hidden=affine_hidden)
-    return QMRINetwork(gfm, feature_dim, out_channels, qmap_hidden, dims, qmri_gain, qmri_compartments,
-                       qmri_compartment_spread)

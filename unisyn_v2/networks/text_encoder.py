@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unisyn_v2.metadata.tokenizer import MetadataTokenizer
-from unisyn_v2.metadata.value_code import DEFAULT_CENTRES, VALUE_FIELDS, mask_numbers, prompt_value_code, value_code_size
+from unisyn_v2.metadata.value_code import DEFAULT_CENTRES, mask_numbers, prompt_value_code, value_code_size
 from unisyn_v2.networks.transformer import Transformer
 
 

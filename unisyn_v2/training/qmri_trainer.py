@@ -21,9 +21,8 @@ from torch import nn
 
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import read_json
-from unisyn_v2.networks.qmri_head import (
-    PhysicsTextConditioner, QMRINetwork, build_qmri_network, fit_to_target, has_signal_model,
-)
+from unisyn_v2.networks.factory import build_qmri_network
+from unisyn_v2.networks.qmri_head import PhysicsTextConditioner, QMRINetwork, fit_to_target, has_signal_model
 from unisyn_v2.training.gfm_trainer import GFMTrainer
 from unisyn_v2.training.losses import patch_psnr, patch_ssim, weighted_l1
 
