@@ -273,7 +273,7 @@ def test_plans_with_qmri_keys_still_build_the_other_kinds() -> None:
 
 
 def test_compartment_spread_keeps_each_compartment_near_its_tissue() -> None:
-    """qmri_compartment_spread 1.6: each compartment's T1 and T2 start at its tissue and stay within 1.6x of it, whatever
+    """qmri_compartment_spread 1.6: each compartment's PD, T1 and T2 start at its tissue and stay within 1.6x of it, whatever
     the head outputs, so a grey-matter compartment cannot turn into CSF (only the fractions mix them)."""
     torch.manual_seed(0)
     net = build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
@@ -281,16 +281,18 @@ def test_compartment_spread_keeps_each_compartment_near_its_tissue() -> None:
                              qmri_compartment_spread=1.6).eval()
     emb = _embedding(_mr("T2w", field_strength=3.0, repetition_time=5000.0, echo_time=90.0, flip_angle=90.0))
     x = torch.rand(1, 4, 8, 8)
-    starts = torch.tensor([[1400.0, 95.0], [850.0, 75.0], [4000.0, 1500.0]])
+    starts = torch.tensor([[1400.0, 95.0, 0.8], [850.0, 75.0, 0.7], [4000.0, 1500.0, 1.0]])
     with torch.no_grad():
         maps = net.maps(net.encode_anatomy(x, emb), torch.tensor([3.0]))
         for k in range(3):  # near the start (the head's last layer is scaled down, not zero)
             torch.testing.assert_close(maps["t1"][0, k].median(), starts[k, 0], rtol=0.1, atol=0.0)
             torch.testing.assert_close(maps["t2"][0, k].median(), starts[k, 1], rtol=0.1, atol=0.0)
+            torch.testing.assert_close(maps["pd"][0, k].median(), starts[k, 2], rtol=0.1, atol=0.0)
         net.qmap_head.layers[-1].bias.fill_(50.0)  # saturated outputs reach the band's edge, not the wide range's
         high = net.maps(net.encode_anatomy(x, emb), torch.tensor([3.0]))
     torch.testing.assert_close(high["t1"][0, :, 0, 0, 0], starts[:, 0] * 1.6, rtol=1e-4, atol=0.0)
     torch.testing.assert_close(high["t2"][0, :, 0, 0, 0], starts[:, 1] * 1.6, rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(high["pd"][0, :, 0, 0, 0], starts[:, 2] * 1.6, rtol=1e-4, atol=0.0)
     with pytest.raises(ValueError, match="qmri_compartment_spread"):
         build_qmri_network(dims=2, in_channels=4, out_channels=4, encoder_width=8, num_blocks=1, feature_dim=8,
                            text_dim=TEXT_DIM + PHYSICS_DIM, decoder_hidden=[8], qmri_compartments=1,

@@ -13,7 +13,7 @@ fractions, started at grey matter, white matter and CSF, and the rendered signal
 the compartments' signals (the phantom's partial-volume model). With one set, a voxel turning from tissue into
 CSF must take its T1 through the inversion null of FLAIR/MPRAGE targets, where the loss rises; on the prompt
 sweep part of the CSF stayed tissue-like (BENCHMARKS.md). The exported maps are then effective ones
-(:meth:`QMRINetwork.effective_maps`). ``qmri_compartment_spread`` s > 1 keeps each compartment's T1 (at 3 T) and T2
+(:meth:`QMRINetwork.effective_maps`). ``qmri_compartment_spread`` s > 1 keeps each compartment's PD, T1 (at 3 T) and T2
 within a factor s of its start (log-symmetric band) instead of the wide ranges, so a compartment stays the tissue it
 started as and the fractions alone say what a voxel is made of (partial volume); 0 keeps the wide ranges.
 
@@ -176,7 +176,7 @@ class QMRINetwork(nn.Module):
             {**_INITIAL, **COMPARTMENT_START[k if k < len(COMPARTMENT_START) else 0]}
             for k in range(self.compartments)]
         # the band's centres (K, 2): each compartment's start T1, T2 (a buffer, so the model folder's weights carry them)
-        self.register_buffer("band_centre", torch.tensor([[v["t1"], v["t2"]] for v in starts], dtype=torch.float32),
+        self.register_buffer("band_centre", torch.tensor([[v["t1"], v["t2"], v["pd"]] for v in starts], dtype=torch.float32),
                              persistent=False)
         start: list[float] = []
         for values in starts:
@@ -184,6 +184,7 @@ class QMRINetwork(nn.Module):
             t2_fraction = (math.log(values["t2"]) - math.log(T2_RANGE_MS[0])) / (math.log(T2_RANGE_MS[1]) - math.log(T2_RANGE_MS[0]))
             if spread:  # the band's centre
                 t1_fraction = t2_fraction = 0.5
+                values = {**values, "pd": 0.5 * PD_MAX}  # raw 0: the centre of the PD band too
             t2s_fraction = (values["t2s_fraction"] - T2STAR_FRACTION[0]) / (T2STAR_FRACTION[1] - T2STAR_FRACTION[0])
             start += [_logit(values["pd"] / PD_MAX), _logit(t1_fraction), _logit(values["t1_exponent"]), _logit(t2_fraction),
                       _logit(t2s_fraction)] + ([0.0] if self.compartments > 1 else [])  # equal fractions at the start
@@ -226,11 +227,12 @@ class QMRINetwork(nn.Module):
             else:  # (B, 6, K, C, *spatial): the map index first, as in the single-compartment layout
                 raw = raw.reshape(raw.shape[0], self.compartments, 6, self.out_channels, *raw.shape[2:]).transpose(1, 2)
             if self.compartment_spread:
-                t1_ref, t2 = self._banded(raw[:, 1], 0), self._banded(raw[:, 3], 1)
+                t1_ref, t2, pd = self._banded(raw[:, 1], 0), self._banded(raw[:, 3], 1), self._banded(raw[:, 0], 2)
             else:
                 t1_ref = _log_range(raw[:, 1], *T1_RANGE_MS)
                 t2 = _log_range(raw[:, 3], *T2_RANGE_MS)
-            out = {"pd": PD_MAX * torch.sigmoid(raw[:, 0]), "t2": t2,
+                pd = PD_MAX * torch.sigmoid(raw[:, 0])
+            out = {"pd": pd, "t2": t2,
                    "t2s": t2 * (T2STAR_FRACTION[0] + (T2STAR_FRACTION[1] - T2STAR_FRACTION[0]) * torch.sigmoid(raw[:, 4]))}
             if field_strength is None:
                 out["t1"] = t1_ref
