@@ -124,9 +124,13 @@ def build(name: str, factor: float, seed: int = 0) -> torch.nn.Module:
 
 
 def train(names: list[str], cases: list[dict[str, Any]], factor: float, seconds: float, patch: tuple[int, int, int],
-          seed: int = 0) -> tuple[dict[str, torch.nn.Module], dict[str, dict[str, Any]]]:
+          seed: int = 0, schedule: str = "poly") -> tuple[dict[str, torch.nn.Module], dict[str, dict[str, Any]]]:
     """Adam 1e-3 for ``seconds`` of each network's own step time on random patches (T1w -> T2w), the networks
-    interleaved (the one with the least time so far steps next), so a busy machine slows all of them alike."""
+    interleaved (the one with the least time so far steps next), so a busy machine slows all of them alike.
+
+    ``schedule`` "poly" decays the learning rate as nnU-Net does, 1e-3 (1 - t / seconds)^0.9 over each network's own
+    time t, so the weights scored are where the optimisation settled; "constant" keeps 1e-3 (the first runs: their
+    scores moved by 1-2 dB between budgets, the endpoint of a noisy walk)."""
     state = {}
     for name in names:
         network = build(name, factor, seed)
@@ -139,6 +143,9 @@ def train(names: list[str], cases: list[dict[str, Any]], factor: float, seconds:
             break
         s = state[name]
         network, liif, rng = s["network"], s["liif"], s["rng"]
+        if schedule == "poly":
+            for group in s["optimiser"].param_groups:
+                group["lr"] = 1e-3 * max(0.0, 1.0 - s["elapsed"] / seconds) ** 0.9
         started = time.perf_counter()
         source, target, weight = random_patches(cases, patch, 2, rng)
         if liif is None:
@@ -290,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["liif"],
                         help="LIIF variants trained beside the conv network with the same budget (default: liif)")
     parser.add_argument("--memory", action="store_true", help="also the 182 x 218 x 182 memory comparison")
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and patch sampling (the phantom stays the same)")
+    parser.add_argument("--lr_schedule", choices=("poly", "constant"), default="poly",
+                        help="learning rate over each network's budget: poly decay to 0 (default) or constant 1e-3")
     parser.add_argument("--reuse", action="store_true",
                         help="score the networks saved in <out>/networks by an earlier run instead of training")
     parser.add_argument("--memory_child", choices=("conv", *VARIANTS), default=None, help=argparse.SUPPRESS)
@@ -312,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.reuse and all((saved / f"{n}.pt").is_file() for n in names):  # score again without training
         networks = {}
         for name in names:
-            networks[name] = build(name, args.factor)
+            networks[name] = build(name, args.factor, args.seed)
             networks[name].load_state_dict(torch.load(saved / f"{name}.pt", weights_only=True))
             networks[name].eval()
         training = json.loads((saved / "training.json").read_text())
     else:
-        networks, training = train(names, train_cases, args.factor, args.train_seconds, patch)
+        networks, training = train(names, train_cases, args.factor, args.train_seconds, patch, args.seed, args.lr_schedule)
         saved.mkdir(exist_ok=True)
         for name, network in networks.items():
             torch.save(network.state_dict(), saved / f"{name}.pt")
