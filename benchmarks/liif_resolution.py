@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import machine_info, md_table, peak_rss_mib, setup_logging  # noqa: E402
 from common import score  # noqa: E402
 from unisyn_v2.dataset.image_io import read_image  # noqa: E402
+from unisyn_v2.evaluation.metrics import psnr  # noqa: E402
 from unisyn_v2.inference.output_grid import liif_tiled_prediction  # noqa: E402
 from unisyn_v2.models.sliding_window import sliding_window_predict  # noqa: E402
 from unisyn_v2.networks.factory import build_synthesis_network  # noqa: E402
@@ -229,9 +230,7 @@ def contract_psnr(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarra
     rescaling is needed: a global intensity error counts against the method, and no single voxel of the
     prediction changes the scale of the rest (as ``common.score``'s brain minimum and ``robust_psnr``'s
     percentiles of the prediction do)."""
-    mask = np.asarray(mask) > 0
-    mse = float(np.mean((reference[mask].astype(np.float64) - prediction[mask].astype(np.float64)) ** 2))
-    return float(10.0 * np.log10(1.0 / max(mse, 1e-12)))
+    return psnr(reference, prediction, data_range=1.0, mask=np.asarray(mask) > 0)
 
 
 def robust_psnr(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> float:

@@ -175,7 +175,7 @@ class QMRINetwork(nn.Module):
         starts = [_INITIAL] if self.compartments == 1 else [
             {**_INITIAL, **COMPARTMENT_START[k if k < len(COMPARTMENT_START) else 0]}
             for k in range(self.compartments)]
-        # the band's centres (K, 2): each compartment's start T1, T2 (a buffer, so the model folder's weights carry them)
+        # the bands' centres (K, 3): each compartment's start T1, T2, PD (constants: a buffer only to follow the device)
         self.register_buffer("band_centre", torch.tensor([[v["t1"], v["t2"], v["pd"]] for v in starts], dtype=torch.float32),
                              persistent=False)
         start: list[float] = []
@@ -244,7 +244,8 @@ class QMRINetwork(nn.Module):
         return out
 
     def _banded(self, raw: torch.Tensor, column: int) -> torch.Tensor:
-        """(B, K, C, *spatial) raw -> times within [centre / spread, centre x spread] of each compartment's start."""
+        """(B, K, C, *spatial) raw -> values within [centre / spread, centre x spread] of each compartment's start
+        (``column`` 0: T1, 1: T2, 2: PD)."""
         centre = self.band_centre[:, column].reshape(1, -1, *([1] * (raw.ndim - 2)))
         return centre * torch.exp((2.0 * torch.sigmoid(raw) - 1.0) * math.log(self.compartment_spread))
 

@@ -13,7 +13,6 @@ validation and prediction normalise the whole rendered volume like the contract.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -21,7 +20,6 @@ from torch import nn
 
 from unisyn_v2.contracts.plans import Plans
 from unisyn_v2.io_utils import read_json
-from unisyn_v2.networks.factory import build_qmri_network
 from unisyn_v2.networks.qmri_head import PhysicsTextConditioner, QMRINetwork, fit_to_target, has_signal_model
 from unisyn_v2.training.gfm_trainer import GFMTrainer
 from unisyn_v2.training.losses import patch_psnr, patch_ssim, weighted_l1
@@ -66,9 +64,7 @@ class QMRITrainer(GFMTrainer):
         network = trainer_info.get("network") or {}
         if network.get("kind") != "gfm_qmri" or not isinstance(network.get("kwargs"), dict):
             raise ValueError(f"trainer_info network must be {{'kind': 'gfm_qmri', 'kwargs': {{...}}}}, got {network!r}")
-        plans.configuration(configuration)
-        accepted = inspect.signature(build_qmri_network).parameters  # the plans also hold other kinds' kwargs (num_heads)
-        return build_qmri_network(**{k: v for k, v in network["kwargs"].items() if k in accepted})
+        return GFMTrainer.build_network_from_plans(plans, configuration, trainer_info)  # the factory's kwargs check
 
     def low_over_high(self, case_ids: list[str], descriptions: list[Any]) -> torch.Tensor:
         """p_low / p_high of each item's image (its MRI normalisation, from the preprocessed properties)."""
